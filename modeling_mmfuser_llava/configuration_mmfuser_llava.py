@@ -1,0 +1,117 @@
+"""MMFuser-LLaVA configuration: a `LlavaConfig` plus the settings of the multi-layer fuser.
+
+Hub-facing: imports only transformers, so a Hub repo can carry this file alone.
+"""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlavaConfig
+
+FUSER_ATTENTION_TYPES = ("deformable",)
+
+# Written into every saved config so that a Hub folder loads through all three Auto classes with trust_remote_code.
+DEFAULT_AUTO_MAP = {
+    "AutoConfig": "configuration_mmfuser_llava.MMFuserLlavaConfig",
+    "AutoModel": "modeling_mmfuser_llava.MMFuserLlavaModel",
+    "AutoModelForImageTextToText": "modeling_mmfuser_llava.MMFuserLlavaForConditionalGeneration",
+}
+
+
+@strict
+class MMFuserLlavaConfig(LlavaConfig):
+    r"""
+    Configuration of [`MMFuserLlavaForConditionalGeneration`]: LLaVA-1.5 whose projector is fed a fusion of several
+    vision-tower layers (MMFuser, arXiv:2410.11829) instead of the penultimate layer alone.
+
+    All [`LlavaConfig`] fields keep their meaning; `vision_feature_layer` is the fuser's *query* layer.
+
+    Args:
+        fuser_key_value_layers (`tuple[int, ...]`, defaults to `(-22, -17, -12, -7)`):
+            Indices into the vision tower's `hidden_states` (embeddings first, then one entry per layer) of the maps the
+            query attends to, in level order. The default picks CLIP ViT-L layers 3, 8, 13 and 18.
+        fuser_num_heads (`int`, defaults to 16):
+            Attention heads of both deformable attentions; must divide the vision hidden size.
+        fuser_num_points (`int`, defaults to 4):
+            Sampling points per head and level.
+        fuser_layer_norm_eps (`float`, defaults to 1e-6):
+            Epsilon of the fuser's three LayerNorms.
+        fuser_attention_type (`str`, defaults to `"deformable"`):
+            Attention used by the fuser. Allowed: `"deformable"`.
+    """
+
+    model_type = "mmfuser_llava"
+
+    vision_feature_layer: int | list[int] = -2
+    fuser_key_value_layers: list[int] | tuple[int, ...] = (-22, -17, -12, -7)
+    fuser_num_heads: int = 16
+    fuser_num_points: int = 4
+    fuser_layer_norm_eps: float = 1e-6
+    fuser_attention_type: Literal["deformable"] = "deformable"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # JSON gives lists back; keep one type so that configs compare and serialise alike.
+        self.fuser_key_value_layers = tuple(self.fuser_key_value_layers)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(DEFAULT_AUTO_MAP)
+        self._check_fuser_settings()
+
+    @property
+    def fuser_hidden_state_indices(self) -> list[int]:
+        """The `hidden_states` entries the vision pass must keep: keys/values in level order, then the query."""
+        return [*self.fuser_key_value_layers, self.vision_feature_layer]
+
+    @property
+    def vision_grid_size(self) -> int:
+        """Side of the square patch grid the vision tower produces (24 for CLIP ViT-L/14 at 336 px)."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    def _check_fuser_settings(self) -> None:
+        """Raise a ValueError naming the field for any setting the fuser or the vision tower cannot honour."""
+        vision = self.vision_config
+        num_hidden_states = vision.num_hidden_layers + 1
+        if isinstance(self.vision_feature_layer, bool) or not isinstance(self.vision_feature_layer, int):
+            raise ValueError(
+                f"vision_feature_layer must be a single int (the fuser's query layer), got {self.vision_feature_layer!r}"
+            )
+        if not self.fuser_key_value_layers:
+            raise ValueError("fuser_key_value_layers must name at least one vision layer, got an empty list")
+        for field, index in [("vision_feature_layer", self.vision_feature_layer)] + [
+            ("fuser_key_value_layers", index) for index in self.fuser_key_value_layers
+        ]:
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise ValueError(f"{field} must hold ints, got {index!r}")
+            if not -num_hidden_states <= index < num_hidden_states:
+                raise ValueError(
+                    f"{field} holds {index}, outside the vision tower's hidden states: a "
+                    f"{vision.num_hidden_layers}-layer tower allows indices from {-num_hidden_states} to "
+                    f"{num_hidden_states - 1}"
+                )
+        if self.fuser_attention_type not in FUSER_ATTENTION_TYPES:
+            raise ValueError(
+                f"fuser_attention_type must be one of {FUSER_ATTENTION_TYPES}, got {self.fuser_attention_type!r}"
+            )
+        if self.fuser_num_heads < 1 or vision.hidden_size % self.fuser_num_heads:
+            raise ValueError(
+                f"fuser_num_heads must be a positive divisor of the vision hidden size {vision.hidden_size}, "
+                f"got {self.fuser_num_heads}"
+            )
+        if self.fuser_num_points < 1:
+            raise ValueError(f"fuser_num_points must be at least 1, got {self.fuser_num_points}")
+        if not self.fuser_layer_norm_eps > 0:
+            raise ValueError(f"fuser_layer_norm_eps must be positive, got {self.fuser_layer_norm_eps}")
+        if vision.image_size % vision.patch_size:
+            raise ValueError(
+                f"vision_config.image_size ({vision.image_size}) must be a multiple of vision_config.patch_size "
+                f"({vision.patch_size}): the fuser works on a square grid of patches"
+            )
+        if self.image_seq_length != self.vision_grid_size**2:
+            raise ValueError(
+                f"image_seq_length must be the number of patches, {self.vision_grid_size}**2 = "
+                f"{self.vision_grid_size**2} for image_size {vision.image_size} and patch_size {vision.patch_size}, "
+                f"got {self.image_seq_length}"
+            )
+
+
+__all__ = ["MMFuserLlavaConfig"]

@@ -1,0 +1,102 @@
+"""MMFuser-LLaVA: LLaVA-1.5 whose projector sees the penultimate CLIP layer enriched with shallower layers.
+
+Only `get_image_features` differs from Llava: it keeps the fuser's layers from ONE vision pass
+(`output_hidden_states` with their indices), fuses them, then projects. Everything else is Llava's.
+
+Hub-facing: imports only torch, transformers and the project's other Hub files.
+"""
+
+import torch
+from torch import nn
+from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel, LlavaPreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+
+from .configuration_mmfuser_llava import MMFuserLlavaConfig
+from .deformable_attention import MMFuserDeformableAttention, sampling_offset_bias
+from .fuser import MMFuserBlock
+
+
+class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
+    config: MMFuserLlavaConfig
+    _no_split_modules = ["MMFuserBlock"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original initialisation; here, not in `__init__`, so that `from_pretrained` keeps it for missing weights."""
+        super()._init_weights(module)
+        if isinstance(module, MMFuserDeformableAttention):
+            init.zeros_(module.sampling_offsets.weight)
+            init.copy_(
+                module.sampling_offsets.bias,
+                sampling_offset_bias(module.num_heads, module.num_levels, module.num_points),
+            )
+            init.zeros_(module.attention_weights.weight)
+            init.zeros_(module.attention_weights.bias)
+            init.xavier_uniform_(module.value_proj.weight)
+            init.zeros_(module.value_proj.bias)
+            init.xavier_uniform_(module.output_proj.weight)
+            init.zeros_(module.output_proj.bias)
+        elif isinstance(module, MMFuserBlock):
+            init.zeros_(module.gamma1)
+            init.zeros_(module.gamma2)
+
+
+class MMFuserLlavaModel(MMFuserLlavaPreTrainedModel, LlavaModel):
+    config: MMFuserLlavaConfig
+
+    def __init__(self, config: MMFuserLlavaConfig):
+        # LlavaModel.__init__ would run post_init before the fuser exists: build the same parts plus the fuser here.
+        LlavaPreTrainedModel.__init__(self, config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.fuser = MMFuserBlock(config)
+        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    @merge_with_config_defaults
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Fuse the query layer (`vision_feature_layer`) with the key/value layers, then project.
+
+        Returns the vision tower's output with `pooler_output` set to one (image_seq_length, text hidden) tensor per image.
+        """
+        if image_sizes is not None:
+            raise ValueError("MMFuser-LLaVA takes square images of one size and does not accept image_sizes")
+        expected_size = self.config.vision_config.image_size
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[-2:]) != (expected_size, expected_size):
+            raise ValueError(
+                f"pixel_values must have shape (images, channels, {expected_size}, {expected_size}) for this vision "
+                f"tower, got {tuple(pixel_values.shape)}: preprocess images with the model's processor"
+            )
+        layers = [*self.config.fuser_key_value_layers, vision_feature_layer]
+        if not kwargs.get("output_hidden_states"):
+            kwargs["output_hidden_states"] = layers  # keep only these layers' outputs in the one vision pass
+        image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
+        maps = [image_outputs.hidden_states[index] for index in layers]
+        if vision_feature_select_strategy == "default":
+            maps = [feature_map[:, 1:] for feature_map in maps]
+        image_features = self.multi_modal_projector(self.fuser(maps[-1], maps[:-1]))
+        image_outputs.pooler_output = list(image_features)
+        return image_outputs
+
+
+class MMFuserLlavaForConditionalGeneration(MMFuserLlavaPreTrainedModel, LlavaForConditionalGeneration):
+    config: MMFuserLlavaConfig
+
+    def __init__(self, config: MMFuserLlavaConfig):
+        LlavaPreTrainedModel.__init__(self, config)
+        self.model = MMFuserLlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+
+__all__ = ["MMFuserLlavaForConditionalGeneration", "MMFuserLlavaModel", "MMFuserLlavaPreTrainedModel"]
