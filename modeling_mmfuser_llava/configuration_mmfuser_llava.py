@@ -5,8 +5,8 @@ Hub-facing: imports only transformers, so a Hub repo can carry this file alone.
 
 from typing import Literal
 
-from huggingface_hub.dataclasses import strict
 from transformers import LlavaConfig
+from transformers.configuration_utils import strict  # huggingface_hub's, re-exported: Hub files import transformers only
 
 FUSER_ATTENTION_TYPES = ("deformable",)
 

@@ -1,0 +1,1 @@
+"""Subcommands of the `mmfuser-llava` CLI: thin argument parsing over library functions."""
