@@ -24,23 +24,31 @@ class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
     _no_split_modules = ["MMFuserBlock"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The original initialisation; here, not in `__init__`, so that `from_pretrained` keeps it for missing weights."""
+        """The original initialisation; here, not in `__init__`, so that `from_pretrained` keeps it for missing weights.
+
+        The attentions are initialised from their block: for remote code, transformers skips `_init_weights` on modules
+        without parameters of their own (the attentions hold only Linears), while the block owns the gates.
+        """
         super()._init_weights(module)
-        if isinstance(module, MMFuserDeformableAttention):
-            init.zeros_(module.sampling_offsets.weight)
-            init.copy_(
-                module.sampling_offsets.bias,
-                sampling_offset_bias(module.num_heads, module.num_levels, module.num_points),
-            )
-            init.zeros_(module.attention_weights.weight)
-            init.zeros_(module.attention_weights.bias)
-            init.xavier_uniform_(module.value_proj.weight)
-            init.zeros_(module.value_proj.bias)
-            init.xavier_uniform_(module.output_proj.weight)
-            init.zeros_(module.output_proj.bias)
-        elif isinstance(module, MMFuserBlock):
+        if isinstance(module, MMFuserBlock):
             init.zeros_(module.gamma1)
             init.zeros_(module.gamma2)
+            for attention in (module.cross_attn, module.self_attn):
+                self._init_deformable_attention(attention)
+
+    @staticmethod
+    def _init_deformable_attention(attention: MMFuserDeformableAttention) -> None:
+        init.zeros_(attention.sampling_offsets.weight)
+        init.copy_(
+            attention.sampling_offsets.bias,
+            sampling_offset_bias(attention.num_heads, attention.num_levels, attention.num_points),
+        )
+        init.zeros_(attention.attention_weights.weight)
+        init.zeros_(attention.attention_weights.bias)
+        init.xavier_uniform_(attention.value_proj.weight)
+        init.zeros_(attention.value_proj.bias)
+        init.xavier_uniform_(attention.output_proj.weight)
+        init.zeros_(attention.output_proj.bias)
 
 
 class MMFuserLlavaModel(MMFuserLlavaPreTrainedModel, LlavaModel):

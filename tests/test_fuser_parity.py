@@ -1,0 +1,104 @@
+"""The fuser reproduces the authors' MSCrossAttnBlock (reference outputs in the fixtures) and its initialisation."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from modeling_mmfuser_llava import MMFuserLlavaConfig
+from modeling_mmfuser_llava.fuser import MMFuserBlock
+
+SMALL_FIXTURE = Path(__file__).parent / "data" / "mmfuser_block_small.safetensors"
+
+
+def block_for_fixture(path: Path) -> tuple[MMFuserBlock, list[torch.Tensor], torch.Tensor]:
+    """An MMFuserBlock with the fixture's sizes and weights, the fixture's inputs and its expected output."""
+    metadata = safe_open(str(path), "pt").metadata()
+    tensors = load_file(str(path))
+    hidden, levels, heads, points = (int(metadata[key]) for key in ("d_model", "n_levels", "n_heads", "n_points"))
+    grid = int(metadata["grid"].split("x")[0])
+    config = MMFuserLlavaConfig(
+        vision_config=dict(
+            model_type="clip_vision_model", hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=levels + 1,
+            num_attention_heads=1, image_size=grid * 2, patch_size=2,
+        ),
+        text_config=dict(model_type="llama", hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=1, vocab_size=8),
+        vision_feature_layer=-1, fuser_key_value_layers=tuple(range(1, levels + 1)), fuser_num_heads=heads,
+        fuser_num_points=points, image_seq_length=grid * grid,
+    )
+    block = MMFuserBlock(config)
+    prefix = "mm_projector.0."
+    block.load_state_dict({k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+    features = [tensors[f"input.features_{level}"].float() for level in range(levels + 1)]
+    return block.eval(), features, tensors["output.fused"]
+
+
+def max_abs_diff_to_fixture(path: Path) -> float:
+    block, features, expected = block_for_fixture(path)
+    with torch.no_grad():
+        fused = block(features[-1], features[:-1])
+    assert fused.shape == expected.shape
+    return (fused - expected).abs().max().item()
+
+
+def test_small_fixture_parity():
+    assert max_abs_diff_to_fixture(SMALL_FIXTURE) <= 1e-4
+
+
+def test_clip_l336_fixture_parity(shared_fixtures):
+    assert max_abs_diff_to_fixture(shared_fixtures / "mmfuser_block_clip_l336.safetensors") <= 1e-4
+
+
+def test_fixture_outputs_depend_on_every_part():
+    """Guards the parity test itself: dropping the self-attention or the gates must break the match."""
+    block, features, expected = block_for_fixture(SMALL_FIXTURE)
+    with torch.no_grad():
+        block.gamma2.zero_()
+        assert (block(features[-1], features[:-1]) - expected).abs().max() > 1e-2
+        block.gamma1.zero_()
+        assert torch.equal(block(features[-1], features[:-1]), features[-1])
+
+
+def test_bfloat16_block_samples_in_float32():
+    """Under bf16 the sampling core still runs in float32 (the original casts), so bf16 stays close to float32."""
+    block, features, expected = block_for_fixture(SMALL_FIXTURE)
+    seen = []
+    handle = torch.nn.functional.grid_sample
+    def spy(*args, **kwargs):
+        seen.append(args[0].dtype)
+        return handle(*args, **kwargs)
+    block = block.to(torch.bfloat16)
+    torch.nn.functional.grid_sample = spy
+    try:
+        with torch.no_grad():
+            fused = block(features[-1].bfloat16(), [f.bfloat16() for f in features[:-1]])
+    finally:
+        torch.nn.functional.grid_sample = handle
+    assert seen and set(seen) == {torch.float32}
+    assert fused.dtype == torch.bfloat16
+    relative = (fused.float() - expected).norm() / expected.norm()
+    assert relative < 2e-2
+
+
+def test_initialisation_matches_original(tiny_pristine):
+    """Zero gates, zero offset weights and attention weights, the direction-pattern offset bias, zero proj biases."""
+    fuser = tiny_pristine[0].model.fuser
+    assert torch.count_nonzero(fuser.gamma1) == 0 and torch.count_nonzero(fuser.gamma2) == 0
+    for attention in (fuser.cross_attn, fuser.self_attn):
+        heads, levels, points = attention.num_heads, attention.num_levels, attention.num_points
+        assert torch.count_nonzero(attention.sampling_offsets.weight) == 0
+        assert torch.count_nonzero(attention.attention_weights.weight) == 0
+        assert torch.count_nonzero(attention.attention_weights.bias) == 0
+        assert torch.count_nonzero(attention.value_proj.bias) == 0
+        assert attention.value_proj.weight.std() > 0
+        bias = attention.sampling_offsets.bias.view(heads, levels, points, 2)
+        for head in range(heads):
+            angle = 2 * math.pi * head / heads
+            direction = torch.tensor([math.cos(angle), math.sin(angle)])
+            direction = direction / direction.abs().max()
+            for point in range(points):
+                torch.testing.assert_close(bias[head, :, point], (point + 1) * direction.expand(levels, 2))
