@@ -7,7 +7,9 @@ their heavy dependencies inside `run`, so `mmfuser-llava --help` stays fast.
 import argparse
 import importlib
 
-COMMANDS = ("demo",)
+COMMANDS = (
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
