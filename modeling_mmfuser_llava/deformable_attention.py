@@ -1,13 +1,15 @@
 """Multi-scale deformable attention (Deformable DETR), as MMFuser uses it: every level is a square map of one size.
 
-Hub-facing: imports only torch.
+Hub-facing: imports only torch and transformers.
 """
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.integrations import use_kernel_forward_from_hub
 
 
 def deformable_sampling(
@@ -15,12 +17,15 @@ def deformable_sampling(
 ) -> torch.Tensor:
     """Bilinearly sample every level at the given locations and sum the samples with the attention weights.
 
-    All levels share one `grid_size` x `grid_size` map (they are layers of one ViT), so every level and head is
-    sampled by a single `grid_sample` call. Zero padding outside the map, `align_corners=False`, as the original.
+    The math of the original per-level `grid_sample` (bilinear, zero padding outside the map, `align_corners=False`)
+    done as one weighted gather: every (query, head) is a bag of levels * points * 4 corner rows of `value`, summed by
+    `embedding_bag` with weight = attention weight * bilinear weight of the corner. Unlike `grid_sample` it reads whole
+    contiguous head vectors and builds no (samples x head_dim) intermediate; it runs on any device and is
+    differentiable in all three inputs.
 
     Args:
         value: (batch, levels * grid_size**2, heads, head_dim), levels concatenated in order, rows row-major.
-        sampling_locations: (batch, queries, heads, levels, points, 2), normalized (x, y) in [0, 1].
+        sampling_locations: (batch, queries, heads, levels, points, 2), normalized (x, y); may lie outside [0, 1].
         attention_weights: (batch, queries, heads, levels, points), softmaxed over levels * points.
 
     Returns:
@@ -28,18 +33,33 @@ def deformable_sampling(
     """
     batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    # (batch, heads, levels, head_dim, grid, grid): one image per (batch, head, level) for grid_sample.
-    value_maps = value.view(batch, levels, grid_size, grid_size, heads, head_dim).permute(0, 4, 1, 5, 2, 3)
-    value_maps = value_maps.reshape(batch * heads * levels, head_dim, grid_size, grid_size)
-    # (batch, heads, levels, queries, points, 2) in grid_sample's [-1, 1] coordinates.
-    grids = (2 * sampling_locations - 1).permute(0, 2, 3, 1, 4, 5).reshape(batch * heads * levels, queries, points, 2)
-    samples = F.grid_sample(value_maps, grids, mode="bilinear", padding_mode="zeros", align_corners=False)
-    # samples: (batch*heads*levels, head_dim, queries, points) -> (batch, heads, head_dim, queries, levels*points)
-    samples = samples.view(batch, heads, levels, head_dim, queries, points).permute(0, 1, 3, 4, 2, 5)
-    samples = samples.reshape(batch, heads, head_dim, queries, levels * points)
-    weights = attention_weights.permute(0, 2, 1, 3, 4).reshape(batch, heads, 1, queries, levels * points)
-    output = (samples * weights).sum(-1)  # (batch, heads, head_dim, queries)
-    return output.view(batch, heads * head_dim, queries).transpose(1, 2)
+    # Zero padding as data: one zero row/column before each map and two after, so every corner read below is a row
+    # of the table and corners outside the map read zeros.
+    side = grid_size + 3
+    table = value.new_zeros(batch * levels, side, side, heads * head_dim)
+    table[:, 1 : grid_size + 1, 1 : grid_size + 1] = value.view(batch * levels, grid_size, grid_size, -1)
+    # Pixel coordinates in the padded map: location * size - 0.5 (align_corners=False), + 1 for the padding.
+    # Clamping to [0, grid_size + 1] changes no result: one pixel or more outside the map, both corners read zeros.
+    pixels = (sampling_locations * grid_size + 0.5).clamp(0, grid_size + 1)
+    corners = pixels.floor()
+    fraction_x, fraction_y = (pixels - corners).unbind(-1)
+    index_dtype = torch.int32 if table.numel() // head_dim < 2**31 else torch.int64
+    x, y = corners.to(index_dtype).unbind(-1)
+    arange = partial(torch.arange, dtype=index_dtype, device=value.device)
+    # Table row of a corner: ((image * levels + level) * side**2 + y * side + x) * heads + head.
+    map_rows = (arange(batch).view(batch, 1, 1, 1, 1) * levels + arange(levels).view(levels, 1)) * side**2
+    rows = (y * side + x + map_rows) * heads + arange(heads).view(heads, 1, 1)
+    # The four corners, in the order of `weights`: top-left, top-right, bottom-left, bottom-right.
+    rows = rows.unsqueeze(-1) + (arange(2).view(2, 1) * side + arange(2)).view(4) * heads
+    bottom = attention_weights * fraction_y
+    top = attention_weights - bottom
+    left = 1 - fraction_x
+    weights = torch.stack((top * left, top * fraction_x, bottom * left, bottom * fraction_x), -1)
+    bag = levels * points * 4
+    output = F.embedding_bag(
+        rows.view(-1, bag), table.view(-1, head_dim), per_sample_weights=weights.view(-1, bag), mode="sum"
+    )
+    return output.view(batch, queries, heads * head_dim)
 
 
 def reference_points(grid_size: int, device: torch.device) -> torch.Tensor:
@@ -58,6 +78,29 @@ def sampling_offset_bias(num_heads: int, num_levels: int, num_points: int) -> to
     return (directions.view(num_heads, 1, 1, 2) * distances).expand(num_heads, num_levels, num_points, 2).flatten()
 
 
+@use_kernel_forward_from_hub("MultiScaleDeformableAttention")
+class DeformableSampling(nn.Module):
+    """The sampling core as a stateless layer with the forward signature of Deformable DETR's
+    `MultiScaleDeformableAttention` in transformers.
+
+    That makes it a kernels-hub layer of the same name: `from_pretrained(..., use_kernels=True)` on CUDA replaces this
+    forward with the compiled CUDA kernel of `kernels-community/deformable-detr` (the same math, float32); elsewhere,
+    or without the `kernels` package, `deformable_sampling` runs. Every level must be the same square map.
+    """
+
+    def forward(
+        self,
+        value: torch.Tensor,
+        value_spatial_shapes: torch.Tensor,
+        value_spatial_shapes_list: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+        im2col_step: int,
+    ) -> torch.Tensor:
+        return deformable_sampling(value, sampling_locations, attention_weights, value_spatial_shapes_list[0][0])
+
+
 class MMFuserDeformableAttention(nn.Module):
     """Deformable attention of `num_queries` query tokens over `num_levels` square maps of equal size.
 
@@ -74,6 +117,7 @@ class MMFuserDeformableAttention(nn.Module):
         self.attention_weights = nn.Linear(hidden_size, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(hidden_size, hidden_size)
         self.output_proj = nn.Linear(hidden_size, hidden_size)
+        self.sampling = DeformableSampling()
 
     def forward(self, query: torch.Tensor, keys_values: torch.Tensor, grid_size: int) -> torch.Tensor:
         """query: (batch, grid_size**2, hidden); keys_values: (batch, num_levels * grid_size**2, hidden)."""
@@ -84,8 +128,21 @@ class MMFuserDeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(batch, num_queries, self.num_heads, -1).softmax(-1).view(shape)
         # Offsets are in cells of each level's map (x by width, y by height); the maps are square.
         locations = reference_points(grid_size, query.device)[None, :, None, None, None] + offsets / grid_size
-        output = deformable_sampling(value.float(), locations.float(), weights.float(), grid_size)
+        # The level layout in the form the kernels-hub CUDA kernel takes (the default core needs only grid_size).
+        shapes = [(grid_size, grid_size)] * self.num_levels
+        spatial_shapes = torch.full((self.num_levels, 2), grid_size, dtype=torch.long, device=query.device)
+        level_starts = torch.arange(self.num_levels, device=query.device) * grid_size**2
+        # im2col_step = batch: the CUDA kernel needs the batch to be a multiple of it.
+        output = self.sampling(
+            value.float(), spatial_shapes, shapes, level_starts, locations.float(), weights.float(), batch
+        )
         return self.output_proj(output.to(self.output_proj.weight.dtype))
 
 
-__all__ = ["MMFuserDeformableAttention", "deformable_sampling", "reference_points", "sampling_offset_bias"]
+__all__ = [
+    "DeformableSampling",
+    "MMFuserDeformableAttention",
+    "deformable_sampling",
+    "reference_points",
+    "sampling_offset_bias",
+]
