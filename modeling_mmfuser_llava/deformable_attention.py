@@ -18,10 +18,10 @@ def deformable_sampling(
     """Bilinearly sample every level at the given locations and sum the samples with the attention weights.
 
     The math of the original per-level `grid_sample` (bilinear, zero padding outside the map, `align_corners=False`)
-    done as one weighted gather: every (query, head) is a bag of levels * points * 4 corner rows of `value`, summed by
-    `embedding_bag` with weight = attention weight * bilinear weight of the corner. Unlike `grid_sample` it reads whole
-    contiguous head vectors and builds no (samples x head_dim) intermediate; it runs on any device and is
-    differentiable in all three inputs.
+    done as one weighted gather: every (query, head) is a bag of 4 * levels * points corner rows of `value`, summed by
+    `embedding_bag` with weight = attention weight * bilinear weight of the corner (0 for a corner outside the map).
+    Unlike `grid_sample` it reads whole contiguous head vectors and builds no (samples x head_dim) intermediate; it
+    runs on any device and is differentiable in all three inputs.
 
     Args:
         value: (batch, levels * grid_size**2, heads, head_dim), levels concatenated in order, rows row-major.
@@ -33,31 +33,40 @@ def deformable_sampling(
     """
     batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    # Zero padding as data: one zero row/column before each map and two after, so every corner read below is a row
-    # of the table and corners outside the map read zeros.
-    side = grid_size + 3
-    table = value.new_zeros(batch * levels, side, side, heads * head_dim)
-    table[:, 1 : grid_size + 1, 1 : grid_size + 1] = value.view(batch * levels, grid_size, grid_size, -1)
-    # Pixel coordinates in the padded map: location * size - 0.5 (align_corners=False), + 1 for the padding.
-    # Clamping to [0, grid_size + 1] changes no result: one pixel or more outside the map, both corners read zeros.
-    pixels = (sampling_locations * grid_size + 0.5).clamp(0, grid_size + 1)
-    corners = pixels.floor()
-    fraction_x, fraction_y = (pixels - corners).unbind(-1)
-    index_dtype = torch.int32 if table.numel() // head_dim < 2**31 else torch.int64
-    x, y = corners.to(index_dtype).unbind(-1)
+    index_dtype = torch.int32 if value.numel() // head_dim < 2**31 else torch.int64
     arange = partial(torch.arange, dtype=index_dtype, device=value.device)
-    # Table row of a corner: ((image * levels + level) * side**2 + y * side + x) * heads + head.
-    map_rows = (arange(batch).view(batch, 1, 1, 1, 1) * levels + arange(levels).view(levels, 1)) * side**2
-    rows = (y * side + x + map_rows) * heads + arange(heads).view(heads, 1, 1)
-    # The four corners, in the order of `weights`: top-left, top-right, bottom-left, bottom-right.
-    rows = rows.unsqueeze(-1) + (arange(2).view(2, 1) * side + arange(2)).view(4) * heads
-    bottom = attention_weights * fraction_y
-    top = attention_weights - bottom
-    left = 1 - fraction_x
-    weights = torch.stack((top * left, top * fraction_x, bottom * left, bottom * fraction_x), -1)
-    bag = levels * points * 4
+    # Pixel coordinates (align_corners=False). Clamping to [-1, grid_size] changes no result: one pixel or more
+    # outside the map, both neighbours are outside and weigh 0.
+    pixels = (sampling_locations * grid_size - 0.5).clamp(-1, grid_size)
+    lower = pixels.floor()
+    upper_weight = pixels - lower
+    lower = lower.to(index_dtype)
+    # Bilinear weights of the lower and upper neighbour along x and y, 0 outside the map; indices clamped inside it.
+    lower_weight = torch.where((lower >= 0) & (lower < grid_size), 1 - upper_weight, 0)
+    upper_weight = torch.where(lower < grid_size - 1, upper_weight, 0)
+    upper = (lower + 1).clamp_(max=grid_size - 1)
+    lower = lower.clamp_(0, grid_size - 1)
+    (x0, y0), (x1, y1) = lower.unbind(-1), upper.unbind(-1)
+    (weight_x0, weight_y0), (weight_x1, weight_y1) = lower_weight.unbind(-1), upper_weight.unbind(-1)
+    # Row of `value` as (-1, head_dim): ((image * levels + level) * grid_size**2 + y * grid_size + x) * heads + head
+    map_rows = (arange(batch).view(batch, 1, 1, 1, 1) * levels + arange(levels).view(levels, 1)) * grid_size**2
+    head_rows = arange(heads).view(heads, 1, 1)
+    row_y0 = (y0 * grid_size + map_rows) * heads + head_rows
+    row_y1 = (y1 * grid_size + map_rows) * heads + head_rows
+    x0, x1 = x0 * heads, x1 * heads
+    top, bottom = attention_weights * weight_y0, attention_weights * weight_y1
+    # Each bag: the four corners (top-left, top-right, bottom-left, bottom-right), each over levels * points.
+    corners = [
+        (row_y0, x0, top, weight_x0),
+        (row_y0, x1, top, weight_x1),
+        (row_y1, x0, bottom, weight_x0),
+        (row_y1, x1, bottom, weight_x1),
+    ]
+    bag_shape = (batch * queries * heads, 1, levels * points)
+    rows = torch.cat([(row_y + x).view(bag_shape) for row_y, x, _, _ in corners], 1)
+    weights = torch.cat([(weight_y * weight_x).view(bag_shape) for _, _, weight_y, weight_x in corners], 1)
     output = F.embedding_bag(
-        rows.view(-1, bag), table.view(-1, head_dim), per_sample_weights=weights.view(-1, bag), mode="sum"
+        rows.flatten(1), value.reshape(-1, head_dim), per_sample_weights=weights.flatten(1), mode="sum"
     )
     return output.view(batch, queries, heads * head_dim)
 

@@ -114,13 +114,16 @@ def test_sampling_layer_can_take_the_hub_kernel():
     assert [(p.name, p.kind) for p in ours] == [(p.name, p.kind) for p in detr]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kernels") is None, reason="the optional `kernels` package is not installed")
+KERNELS_MISSING = importlib.util.find_spec("kernels") is None
+
+
+@pytest.mark.skipif(KERNELS_MISSING, reason="the optional `kernels` package is not installed")
 def test_sampling_layer_is_registered_with_the_kernels_hub():
     assert DeformableSampling.kernel_layer_name == "MultiScaleDeformableAttention"
 
 
 @pytest.mark.skipif(
-    not torch.cuda.is_available() or importlib.util.find_spec("kernels") is None,
+    not torch.cuda.is_available() or KERNELS_MISSING,
     reason="the kernels-hub CUDA kernel needs a CUDA GPU and the `kernels` package (neither is here)",
 )
 def test_cuda_hub_kernel_equals_reference(tiny):
