@@ -167,7 +167,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny, images):
         trained = copy.deepcopy(model).train()
         if checkpointing:
             trained.activation_checkpointing_enable()
-            assert trained.is_gradient_checkpointing
+            assert trained.is_activation_checkpointing
         trained(**inputs, labels=labels).loss.backward()
         return [parameter.grad for parameter in trained.model.fuser.parameters()]
 
