@@ -148,8 +148,10 @@ class MMFuserConcatProjector(LlavaMultiModalProjector):
 
 def build_fuser(config: MMFuserLlavaConfig) -> nn.Module:
     """The fuser `config.fuser_fusion` and `config.fuser_attention_type` ask for; the default is `MMFuserBlock`."""
+    if config.fuser_fusion == "mmfuser" and config.fuser_attention_type == "deformable":
+        return MMFuserBlock(config)
     if config.fuser_fusion == "mmfuser":
-        return MMFuserBlock(config) if config.fuser_attention_type == "deformable" else MMFuserAttentionVariantBlock(config)
+        return MMFuserAttentionVariantBlock(config)
     if config.fuser_fusion == "concat":
         return MMFuserConcat()
     if config.fuser_fusion == "average":

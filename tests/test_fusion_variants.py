@@ -58,8 +58,8 @@ def random_maps(config: MMFuserLlavaConfig, batch: int = 2, seed: int = 0) -> tu
         (dict(fuser_fusion="sum"), "fuser_fusion", "('mmfuser', 'concat', 'average', 'weighted_average')"),
         (dict(fuser_attention_type="sparse"), "fuser_attention_type", "('deformable', 'global', 'linear_sra')"),
         (dict(fuser_fusion="average", fuser_attention_type="global"), "fuser_attention_type", "fuser_fusion='mmfuser'"),
-        (dict(fuser_attention_type="linear_sra", fuser_sra_pool_size=0), "fuser_sra_pool_size", "the patch grid's side 24"),
-        (dict(fuser_attention_type="linear_sra", fuser_sra_pool_size=25), "fuser_sra_pool_size", "the patch grid's side 24"),
+        (dict(fuser_attention_type="linear_sra", fuser_sra_pool_size=0), "fuser_sra_pool_size", "grid's side 24"),
+        (dict(fuser_attention_type="linear_sra", fuser_sra_pool_size=25), "fuser_sra_pool_size", "grid's side 24"),
     ],
 )
 def test_invalid_variant_settings_name_the_field(settings, field, allowed):
@@ -172,7 +172,8 @@ def test_linear_sra_pools_each_level_of_each_image_separately():
         F.adaptive_avg_pool2d(level.view(grid, grid, hidden).permute(2, 0, 1), pool).flatten(1).T
         for image in keys_values for level in image.split(grid * grid)
     ]
-    expected = F.gelu(attention.reduction_norm(attention.reduction(torch.stack(pooled).view(2, levels * pool**2, hidden))))
+    pooled = torch.stack(pooled).view(2, levels * pool**2, hidden)
+    expected = F.gelu(attention.reduction_norm(attention.reduction(pooled)))
     reduced = attention.reduce_keys_values(keys_values, grid)
     assert reduced.shape == (2, levels * pool**2, hidden)
     torch.testing.assert_close(reduced, expected)

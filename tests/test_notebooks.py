@@ -24,8 +24,8 @@ def venv_kernel(tmp_path, monkeypatch) -> str:
 
     jupyter_dir = tmp_path / "jupyter"
     write_kernel_spec(jupyter_dir / "kernels" / "python3")
-    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, [str(jupyter_dir), os.environ.get("JUPYTER_PATH")])))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    for variable, first in (("JUPYTER_PATH", jupyter_dir), ("PYTHONPATH", REPO_ROOT)):
+        monkeypatch.setenv(variable, os.pathsep.join(filter(None, [str(first), os.environ.get(variable)])))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable

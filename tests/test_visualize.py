@@ -52,7 +52,8 @@ def test_maps_are_the_models_tensors(tiny, picture):
     pixel_values = processor.image_processor(picture, return_tensors="pt")["pixel_values"]
     seen = fuser_inputs_and_output(model, pixel_values)
     np.testing.assert_allclose(maps.query_map, channel_norm_map(seen["query"]), rtol=1e-5)
-    np.testing.assert_allclose(maps.key_value_map, channel_norm_map(torch.stack(seen["keys_values"]).mean(0)), rtol=1e-5)
+    key_value_mean = torch.stack(seen["keys_values"]).mean(0)
+    np.testing.assert_allclose(maps.key_value_map, channel_norm_map(key_value_mean), rtol=1e-5)
     np.testing.assert_allclose(maps.fused_map, channel_norm_map(seen["fused"]), rtol=1e-5)
     assert not np.allclose(maps.fused_map, maps.query_map)  # the perturbed fuser changes its query
     assert (maps.key_value_layers, maps.query_layer) == ([3, 8, 13, 18], 23)
