@@ -9,6 +9,7 @@ import importlib
 
 COMMANDS = (
     "demo",
+    "visualize",
 )
 
 
