@@ -4,7 +4,6 @@ Hub-facing: imports only torch and transformers.
 """
 
 import math
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,10 @@ def deformable_sampling(
     batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
     index_dtype = torch.int32 if value.numel() // head_dim < 2**31 else torch.int64
-    arange = partial(torch.arange, dtype=index_dtype, device=value.device)
+
+    def arange(end: int) -> torch.Tensor:
+        return torch.arange(end, dtype=index_dtype, device=value.device)
+
     # Pixel coordinates (align_corners=False). Clamping to [-1, grid_size] changes no result: one pixel or more
     # outside the map, both neighbours are outside and weigh 0.
     pixels = (sampling_locations * grid_size - 0.5).clamp(-1, grid_size)
