@@ -17,10 +17,10 @@ def deformable_sampling(
     """Bilinearly sample every level at the given locations and sum the samples with the attention weights.
 
     The math of the original per-level `grid_sample` (bilinear, zero padding outside the map, `align_corners=False`)
-    done as one weighted gather: every (query, head) is a bag of 4 * levels * points corner rows of `value`, summed by
-    `embedding_bag` with weight = attention weight * bilinear weight of the corner (0 for a corner outside the map).
-    Unlike `grid_sample` it reads whole contiguous head vectors and builds no (samples x head_dim) intermediate; it
-    runs on any device and is differentiable in all three inputs.
+    done as one weighted gather: every (query, head) is a bag of 4 * levels * points rows of `value` (a 2x2
+    neighbourhood per sample), summed by `embedding_bag` with weight = attention weight * bilinear weight. Unlike
+    `grid_sample` it reads whole contiguous head vectors and builds no (samples x head_dim) intermediate; it runs on
+    any device and is differentiable in all three inputs.
 
     Args:
         value: (batch, levels * grid_size**2, heads, head_dim), levels concatenated in order, rows row-major.
@@ -30,43 +30,32 @@ def deformable_sampling(
     Returns:
         (batch, queries, heads * head_dim)
     """
+    if grid_size < 2:
+        raise ValueError(f"deformable sampling needs maps of at least 2x2 patches, got {grid_size}x{grid_size}")
     batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
     index_dtype = torch.int32 if value.numel() // head_dim < 2**31 else torch.int64
-
-    def arange(end: int) -> torch.Tensor:
-        return torch.arange(end, dtype=index_dtype, device=value.device)
-
-    # Pixel coordinates (align_corners=False). Clamping to [-1, grid_size] changes no result: one pixel or more
-    # outside the map, both neighbours are outside and weigh 0.
-    pixels = (sampling_locations * grid_size - 0.5).clamp(-1, grid_size)
-    lower = pixels.floor()
-    upper_weight = pixels - lower
-    lower = lower.to(index_dtype)
-    # Bilinear weights of the lower and upper neighbour along x and y, 0 outside the map; indices clamped inside it.
-    lower_weight = torch.where((lower >= 0) & (lower < grid_size), 1 - upper_weight, 0)
-    upper_weight = torch.where(lower < grid_size - 1, upper_weight, 0)
-    upper = (lower + 1).clamp_(max=grid_size - 1)
-    lower = lower.clamp_(0, grid_size - 1)
-    (x0, y0), (x1, y1) = lower.unbind(-1), upper.unbind(-1)
+    # Pixel coordinates (align_corners=False) and the corner of a 2x2 neighbourhood kept inside the map. The tent
+    # weights max(0, 1 - |pixel - neighbour|) are the bilinear weights of the true neighbours and 0 for any other
+    # pixel, so a sample near or beyond the border gets exactly the zero padding of grid_sample, gradients included.
+    pixels = sampling_locations * grid_size - 0.5
+    corner = pixels.detach().floor().clamp_(0, grid_size - 2)
+    offset = pixels - corner  # in [-inf, inf]; in [0, 1) for a sample inside the map
+    lower_weight = torch.minimum(1 + offset, 1 - offset).clamp_(min=0)
+    upper_weight = torch.minimum(offset, 2 - offset).clamp_(min=0)
+    x, y = corner.to(index_dtype).unbind(-1)
     (weight_x0, weight_y0), (weight_x1, weight_y1) = lower_weight.unbind(-1), upper_weight.unbind(-1)
     # Row of `value` as (-1, head_dim): ((image * levels + level) * grid_size**2 + y * grid_size + x) * heads + head
-    map_rows = (arange(batch).view(batch, 1, 1, 1, 1) * levels + arange(levels).view(levels, 1)) * grid_size**2
-    head_rows = arange(heads).view(heads, 1, 1)
-    row_y0 = (y0 * grid_size + map_rows) * heads + head_rows
-    row_y1 = (y1 * grid_size + map_rows) * heads + head_rows
-    x0, x1 = x0 * heads, x1 * heads
+    arange = torch.arange(max(batch, levels, heads), dtype=index_dtype, device=value.device)
+    map_rows = (arange[:batch].view(batch, 1, 1, 1, 1) * levels + arange[:levels].view(levels, 1)) * grid_size**2
+    first_rows = map_rows * heads + arange[:heads].view(heads, 1, 1)
+    top_left = (y * (grid_size * heads) + first_rows + x * heads).view(-1, 1, levels * points)
+    # Each bag: the neighbourhood's corners (top-left, top-right, bottom-left, bottom-right), each over levels * points.
+    corner_rows = torch.tensor([0, 1, grid_size, grid_size + 1], dtype=index_dtype, device=value.device) * heads
+    rows = top_left + corner_rows.view(1, 4, 1)
     top, bottom = attention_weights * weight_y0, attention_weights * weight_y1
-    # Each bag: the four corners (top-left, top-right, bottom-left, bottom-right), each over levels * points.
-    corners = [
-        (row_y0, x0, top, weight_x0),
-        (row_y0, x1, top, weight_x1),
-        (row_y1, x0, bottom, weight_x0),
-        (row_y1, x1, bottom, weight_x1),
-    ]
-    bag_shape = (batch * queries * heads, 1, levels * points)
-    rows = torch.cat([(row_y + x).view(bag_shape) for row_y, x, _, _ in corners], 1)
-    weights = torch.cat([(weight_y * weight_x).view(bag_shape) for _, _, weight_y, weight_x in corners], 1)
+    corner_weights = [top * weight_x0, top * weight_x1, bottom * weight_x0, bottom * weight_x1]
+    weights = torch.stack(corner_weights, -3).view(-1, 4, levels * points)
     output = F.embedding_bag(
         rows.flatten(1), value.reshape(-1, head_dim), per_sample_weights=weights.flatten(1), mode="sum"
     )
