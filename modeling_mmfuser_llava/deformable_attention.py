@@ -46,12 +46,12 @@ def deformable_sampling(
     x, y = corner.to(index_dtype).unbind(-1)
     (weight_x0, weight_y0), (weight_x1, weight_y1) = lower_weight.unbind(-1), upper_weight.unbind(-1)
     # Row of `value` as (-1, head_dim): ((image * levels + level) * grid_size**2 + y * grid_size + x) * heads + head
-    arange = torch.arange(max(batch, levels, heads), dtype=index_dtype, device=value.device)
+    arange = torch.arange(max(batch, levels, heads, 2), dtype=index_dtype, device=value.device)
     map_rows = (arange[:batch].view(batch, 1, 1, 1, 1) * levels + arange[:levels].view(levels, 1)) * grid_size**2
     first_rows = map_rows * heads + arange[:heads].view(heads, 1, 1)
     top_left = (y * (grid_size * heads) + first_rows + x * heads).view(-1, 1, levels * points)
     # Each bag: the neighbourhood's corners (top-left, top-right, bottom-left, bottom-right), each over levels * points.
-    corner_rows = torch.tensor([0, 1, grid_size, grid_size + 1], dtype=index_dtype, device=value.device) * heads
+    corner_rows = (arange[:2].view(2, 1) * grid_size + arange[:2]) * heads  # built on the device: no host copy
     rows = top_left + corner_rows.view(1, 4, 1)
     top, bottom = attention_weights * weight_y0, attention_weights * weight_y1
     corner_weights = [top * weight_x0, top * weight_x1, bottom * weight_x0, bottom * weight_x1]
