@@ -8,7 +8,7 @@ from modeling_mmfuser_llava.deformable_attention import deformable_sampling
 from modeling_mmfuser_llava.fuser import MMFuserBlock
 
 from .configs import model_configs
-from .reference import per_level_deformable_sampling
+from .reference import per_level_deformable_sampling, use_per_level_core
 from .timing import Result, interleaved_times
 
 
@@ -40,14 +40,6 @@ def linear_layers_alone(fuser: MMFuserBlock, query: torch.Tensor, keys_values: l
         attention.output_proj(query)
 
 
-def use_reference_core(fuser: MMFuserBlock) -> None:
-    """Swap the fast core of both attentions for the per-level grid_sample reference (same math)."""
-    for attention in (fuser.cross_attn, fuser.self_attn):
-        attention.sampling.forward = lambda value, shapes, shape_list, starts, locations, weights, step: (
-            per_level_deformable_sampling(value, locations, weights, shape_list[0][0])
-        )
-
-
 def cross_attention_core_inputs(fuser: MMFuserBlock, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Float32 core inputs of the cross-attention's shapes: locations spread over the map and a little beyond."""
     attention = fuser.cross_attn
@@ -63,7 +55,8 @@ def cross_attention_core_inputs(fuser: MMFuserBlock, batch: int) -> tuple[torch.
 def measure_fuser(dtype: torch.dtype, batch: int, rounds: int) -> list[Result]:
     fuser = clip_l336_fuser(dtype)
     reference = copy.deepcopy(fuser)
-    use_reference_core(reference)
+    for attention in (reference.cross_attn, reference.self_attn):
+        use_per_level_core(attention)
     query, keys_values = fuser_inputs(fuser, batch, dtype)
     core_inputs = cross_attention_core_inputs(fuser, batch)
     grid = fuser.grid_size

@@ -4,6 +4,8 @@ PyTorch path computes it. The fast core (`deformable_sampling`) must equal it; t
 import torch
 import torch.nn.functional as F
 
+from modeling_mmfuser_llava.deformable_attention import MMFuserDeformableAttention
+
 
 def per_level_deformable_sampling(
     value: torch.Tensor, sampling_locations: torch.Tensor, attention_weights: torch.Tensor, grid_size: int
@@ -23,3 +25,10 @@ def per_level_deformable_sampling(
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
     output = (samples * weights).sum(-1).view(batch, heads * head_dim, queries)
     return output.transpose(1, 2)
+
+
+def use_per_level_core(attention: MMFuserDeformableAttention) -> None:
+    """Make `attention` sample with `per_level_deformable_sampling` instead of its fast core."""
+    attention.sampling.forward = lambda value, shapes, shape_list, starts, locations, weights, step: (
+        per_level_deformable_sampling(value, locations, weights, shape_list[0][0])
+    )

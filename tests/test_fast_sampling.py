@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.models.deformable_detr.modeling_deformable_detr import MultiScaleDeformableAttention
 
-from benchmarks.reference import per_level_deformable_sampling
+from benchmarks.reference import per_level_deformable_sampling, use_per_level_core
 from modeling_mmfuser_llava.deformable_attention import (
     DeformableSampling,
     MMFuserDeformableAttention,
@@ -97,9 +97,7 @@ def test_bfloat16_attention_with_fast_core_equals_reference_core(device):
         return output, gradients
 
     fast_output, fast_gradients = run()
-    attention.sampling.forward = lambda value, shapes, shape_list, starts, locations, weights, step: (
-        per_level_deformable_sampling(value, locations, weights, shape_list[0][0])
-    )
+    use_per_level_core(attention)
     reference_output, reference_gradients = run()
     assert fast_output.dtype == torch.bfloat16
     torch.testing.assert_close(fast_output, reference_output, rtol=2e-2, atol=2e-2)
