@@ -225,12 +225,20 @@ def set_trainable_parts(
 
 
 def parameter_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """(trainable, total) parameters per part of the model; LoRA adapters are counted apart as "lora"."""
+    """(trainable, total) parameters per part of the model; LoRA adapters are counted apart as "lora".
+
+    A 4-bit weight counts its unpacked size; PEFT's frozen originals of `modules_to_save` are not counted twice.
+    """
     counts = {part: [0, 0] for part in [*PARTS, "lora"]}
     for name, parameter in model.named_parameters():
+        if ".original_module." in name:
+            continue
         part = "lora" if "lora_" in name else next(p for p, prefixes in PARTS.items() if in_part(name, prefixes))
-        counts[part][0] += parameter.numel() if parameter.requires_grad else 0
-        counts[part][1] += parameter.numel()
+        size = parameter.numel()
+        if type(parameter).__name__ == "Params4bit":  # two 4-bit values per byte of storage
+            size *= 2 * parameter.element_size()
+        counts[part][0] += size if parameter.requires_grad else 0
+        counts[part][1] += size
     return {part: (trainable, total) for part, (trainable, total) in counts.items() if total}
 
 

@@ -64,7 +64,6 @@ def run_training(
     processor.image_processor.do_pad = data_args.image_aspect_ratio == "pad"
     if model_args.pretrain_mm_mlp_adapter is not None:
         load_mm_adapter(model, model_args.pretrain_mm_mlp_adapter)
-    model.config.use_cache = False
     if training_args.lora_enable:
         model = add_lora_adapters(model, training_args)
     else:
@@ -96,7 +95,7 @@ def run_training(
     )
     trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
     trainer.save_state()
-    model.config.use_cache = True
+    model.config.use_cache = True  # the Trainer turned it off for training; the saved model generates with it
     trainer.save_model()
     if training_args.lora_enable and training_args.should_save:
         write_base_model_record(training_args.output_dir, model_args)
