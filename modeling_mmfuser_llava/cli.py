@@ -9,6 +9,9 @@ import importlib
 
 COMMANDS = (
     "demo",
+    "train",
+    "merge_lora",
+    "make_synthetic_data",
 )
 
 
