@@ -9,6 +9,7 @@ import importlib
 
 COMMANDS = (
     "demo",
+    "visualize",
     "train",
     "merge_lora",
     "make_synthetic_data",

@@ -3,12 +3,13 @@
 Hub-facing: imports only transformers, so a Hub repo can carry this file alone.
 """
 
-from typing import Literal
-
 from transformers import LlavaConfig
 from transformers.configuration_utils import strict  # huggingface_hub's, re-exported: Hub files import transformers only
 
-FUSER_ATTENTION_TYPES = ("deformable",)
+# The paper's fusion methods: its MMFuser block (default) and Table I's simple fusions.
+FUSER_FUSIONS = ("mmfuser", "concat", "average", "weighted_average")
+# Attention inside the MMFuser block: the default, and Table VII's global attention and linear SRA.
+FUSER_ATTENTION_TYPES = ("deformable", "global", "linear_sra")
 
 # Written into every saved config so that a Hub folder loads through all three Auto classes with trust_remote_code.
 DEFAULT_AUTO_MAP = {
@@ -37,7 +38,22 @@ class MMFuserLlavaConfig(LlavaConfig):
         fuser_layer_norm_eps (`float`, defaults to 1e-6):
             Epsilon of the fuser's three LayerNorms.
         fuser_attention_type (`str`, defaults to `"deformable"`):
-            Attention used by the fuser. Allowed: `"deformable"`.
+            Attention of both the cross- and the self-attention of the MMFuser block (paper, Table VII). Allowed:
+            `"deformable"` (the paper's choice, linear in the number of tokens), `"global"` (multi-head attention of
+            every query over every key/value token, quadratic) or `"linear_sra"` (PVTv2's linear spatial-reduction
+            attention: keys/values average-pooled to `fuser_sra_pool_size`**2 tokens per layer first). The block's
+            structure, zero gates and parameter names stay the same; only `fuser_fusion="mmfuser"` uses attention.
+        fuser_sra_pool_size (`int`, defaults to 7):
+            Side of the pooled key/value map of `"linear_sra"` (PVTv2 pools to 7x7); at most the patch grid's side.
+        fuser_fusion (`str`, defaults to `"mmfuser"`):
+            How the selected layers are combined (paper, Table I), always over `fuser_key_value_layers` followed by
+            the query layer `vision_feature_layer`:
+            - `"mmfuser"`: the MMFuser block; zero gates make it return the query layer at initialisation.
+            - `"concat"`: channel concatenation, so the projector takes `vision hidden size * (key/value layers + 1)`
+              inputs. It cannot start as the query layer alone: its output is wider than any single layer.
+            - `"average"`: the element-wise mean of the layers; no parameters, so it cannot start as the query layer.
+            - `"weighted_average"`: `sum_i w_i * layer_i` with one learnable scalar per layer, initialised to 1 for the
+              query layer and 0 elsewhere, so training starts from the query layer exactly.
     """
 
     model_type = "mmfuser_llava"
@@ -47,7 +63,10 @@ class MMFuserLlavaConfig(LlavaConfig):
     fuser_num_heads: int = 16
     fuser_num_points: int = 4
     fuser_layer_norm_eps: float = 1e-6
-    fuser_attention_type: Literal["deformable"] = "deformable"
+    # Plain `str` (not Literal), so that a wrong value raises the ValueError of `_check_fuser_settings`.
+    fuser_attention_type: str = "deformable"
+    fuser_sra_pool_size: int = 7
+    fuser_fusion: str = "mmfuser"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -61,6 +80,12 @@ class MMFuserLlavaConfig(LlavaConfig):
     def fuser_hidden_state_indices(self) -> list[int]:
         """The `hidden_states` entries the vision pass must keep: keys/values in level order, then the query."""
         return [*self.fuser_key_value_layers, self.vision_feature_layer]
+
+    @property
+    def fuser_output_size(self) -> int:
+        """Width of the fuser's output, the projector's input: one vision hidden size, or one per layer for concat."""
+        layers = len(self.fuser_hidden_state_indices) if self.fuser_fusion == "concat" else 1
+        return self.vision_config.hidden_size * layers
 
     @property
     def vision_grid_size(self) -> int:
@@ -88,9 +113,16 @@ class MMFuserLlavaConfig(LlavaConfig):
                     f"{vision.num_hidden_layers}-layer tower allows indices from {-num_hidden_states} to "
                     f"{num_hidden_states - 1}"
                 )
+        if self.fuser_fusion not in FUSER_FUSIONS:
+            raise ValueError(f"fuser_fusion must be one of {FUSER_FUSIONS}, got {self.fuser_fusion!r}")
         if self.fuser_attention_type not in FUSER_ATTENTION_TYPES:
             raise ValueError(
                 f"fuser_attention_type must be one of {FUSER_ATTENTION_TYPES}, got {self.fuser_attention_type!r}"
+            )
+        if self.fuser_fusion != "mmfuser" and self.fuser_attention_type != "deformable":
+            raise ValueError(
+                f"fuser_attention_type={self.fuser_attention_type!r} applies to fuser_fusion='mmfuser' only; "
+                f"fuser_fusion={self.fuser_fusion!r} has no attention: leave fuser_attention_type at 'deformable'"
             )
         if self.fuser_num_heads < 1 or vision.hidden_size % self.fuser_num_heads:
             raise ValueError(
@@ -105,6 +137,11 @@ class MMFuserLlavaConfig(LlavaConfig):
             raise ValueError(
                 f"vision_config.image_size ({vision.image_size}) must be a multiple of vision_config.patch_size "
                 f"({vision.patch_size}): the fuser works on a square grid of patches"
+            )
+        if self.fuser_attention_type == "linear_sra" and not 1 <= self.fuser_sra_pool_size <= self.vision_grid_size:
+            raise ValueError(
+                f"fuser_sra_pool_size must be between 1 and the patch grid's side {self.vision_grid_size}, "
+                f"got {self.fuser_sra_pool_size}"
             )
         if self.image_seq_length != self.vision_grid_size**2:
             raise ValueError(

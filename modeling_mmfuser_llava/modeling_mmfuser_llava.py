@@ -11,17 +11,17 @@ from torch import nn
 from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel, LlavaPreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_mmfuser_llava import MMFuserLlavaConfig
 from .deformable_attention import MMFuserDeformableAttention, sampling_offset_bias
 from .fuser import MMFuserBlock
+from .fusion_variants import build_fuser, build_projector, init_fusion_variant_weights
 
 
 class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
     config: MMFuserLlavaConfig
-    _no_split_modules = ["MMFuserBlock"]
+    _no_split_modules = ["MMFuserBlock", "MMFuserAttentionVariantBlock"]
 
     def _init_weights(self, module: nn.Module) -> None:
         """The original initialisation; here, not in `__init__`, so that `from_pretrained` keeps it for missing weights.
@@ -34,7 +34,9 @@ class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
             init.zeros_(module.gamma1)
             init.zeros_(module.gamma2)
             for attention in (module.cross_attn, module.self_attn):
-                self._init_deformable_attention(attention)
+                if isinstance(attention, MMFuserDeformableAttention):
+                    self._init_deformable_attention(attention)
+        init_fusion_variant_weights(module)
 
     @staticmethod
     def _init_deformable_attention(attention: MMFuserDeformableAttention) -> None:
@@ -58,8 +60,8 @@ class MMFuserLlavaModel(MMFuserLlavaPreTrainedModel, LlavaModel):
         # LlavaModel.__init__ would run post_init before the fuser exists: build the same parts plus the fuser here.
         LlavaPreTrainedModel.__init__(self, config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.fuser = MMFuserBlock(config)
-        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.fuser = build_fuser(config)
+        self.multi_modal_projector = build_projector(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 

@@ -1,6 +1,7 @@
 """Shared fixtures: the seeded tiny model, a fuser that matters (gates away from zero), images, the shared fixtures."""
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,28 @@ def perturb_fuser(model, seed: int = 0, scale: float = 0.2) -> None:
     with torch.no_grad():
         for parameter in model.model.fuser.parameters():
             parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+
+
+def assert_original_initialisation(fuser) -> None:
+    """Zero gates, zero offset and attention-weight projections, zero biases, Xavier value/output weights, and the
+    offset bias that points head h along angle 2*pi*h/heads at distances 1..points, as the original initialises."""
+    assert torch.count_nonzero(fuser.gamma1) == 0 and torch.count_nonzero(fuser.gamma2) == 0
+    for attention in (fuser.cross_attn, fuser.self_attn):
+        heads, levels, points = attention.num_heads, attention.num_levels, attention.num_points
+        for zero in (attention.sampling_offsets.weight, attention.attention_weights.weight,
+                     attention.attention_weights.bias, attention.value_proj.bias, attention.output_proj.bias):
+            assert torch.count_nonzero(zero) == 0
+        for projection in (attention.value_proj.weight, attention.output_proj.weight):
+            fan_out, fan_in = projection.shape
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            assert projection.abs().max() <= bound and projection.std() > bound / 3
+        bias = attention.sampling_offsets.bias.view(heads, levels, points, 2)
+        for head in range(heads):
+            angle = 2 * math.pi * head / heads
+            direction = torch.tensor([math.cos(angle), math.sin(angle)])
+            direction = direction / direction.abs().max()
+            for point in range(points):
+                torch.testing.assert_close(bias[head, :, point], (point + 1) * direction.expand(levels, 2))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """The fuser reproduces the authors' MSCrossAttnBlock (reference outputs in the fixtures) and its initialisation."""
 
-import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,8 @@ from safetensors.torch import load_file
 
 from modeling_mmfuser_llava import MMFuserLlavaConfig
 from modeling_mmfuser_llava.fuser import MMFuserBlock
+
+from conftest import assert_original_initialisation
 
 SMALL_FIXTURE = Path(__file__).parent / "data" / "mmfuser_block_small.safetensors"
 
@@ -85,20 +86,4 @@ def test_bfloat16_block_samples_in_float32():
 
 
 def test_initialisation_matches_original(tiny_pristine):
-    """Zero gates, zero offset weights and attention weights, the direction-pattern offset bias, zero proj biases."""
-    fuser = tiny_pristine[0].model.fuser
-    assert torch.count_nonzero(fuser.gamma1) == 0 and torch.count_nonzero(fuser.gamma2) == 0
-    for attention in (fuser.cross_attn, fuser.self_attn):
-        heads, levels, points = attention.num_heads, attention.num_levels, attention.num_points
-        assert torch.count_nonzero(attention.sampling_offsets.weight) == 0
-        assert torch.count_nonzero(attention.attention_weights.weight) == 0
-        assert torch.count_nonzero(attention.attention_weights.bias) == 0
-        assert torch.count_nonzero(attention.value_proj.bias) == 0
-        assert attention.value_proj.weight.std() > 0
-        bias = attention.sampling_offsets.bias.view(heads, levels, points, 2)
-        for head in range(heads):
-            angle = 2 * math.pi * head / heads
-            direction = torch.tensor([math.cos(angle), math.sin(angle)])
-            direction = direction / direction.abs().max()
-            for point in range(points):
-                torch.testing.assert_close(bias[head, :, point], (point + 1) * direction.expand(levels, 2))
+    assert_original_initialisation(tiny_pristine[0].model.fuser)

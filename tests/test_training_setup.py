@@ -54,13 +54,26 @@ def test_fresh_model_from_base_llm_and_clip(base_parts, images):  # noqa: F811
         assert torch.isfinite(model(**inputs).logits).all()
 
 
-def test_fresh_model_takes_the_original_layer_flag(base_parts):  # noqa: F811
+def test_fresh_model_takes_the_layer_flag_and_the_paper_ablations(base_parts, images):  # noqa: F811
     llm_folder, clip_folder = base_parts
     model, _ = load_model_and_processor(
         ModelArguments(str(llm_folder), vision_tower=str(clip_folder), mm_vision_select_layer="list-20/-10/-1")
     )
     assert model.config.fuser_key_value_layers == (-20, -10) and model.config.vision_feature_layer == -1
     assert model.model.fuser.cross_attn.num_levels == 2
+    # Table I's concatenation widens the projector; Table VII's global attention replaces the deformable one.
+    concat, processor = load_model_and_processor(
+        ModelArguments(str(llm_folder), vision_tower=str(clip_folder), fuser_fusion="concat")
+    )
+    assert concat.model.multi_modal_projector.linear_1.in_features == 5 * concat.config.vision_config.hidden_size
+    global_attention, _ = load_model_and_processor(
+        ModelArguments(str(llm_folder), vision_tower=str(clip_folder), fuser_attention_type="global")
+    )
+    assert type(global_attention.model.fuser).__name__ == "MMFuserAttentionVariantBlock"
+    assert global_attention.model.fuser.gamma1.abs().sum() == 0
+    inputs = chat(processor, ["what is in this image"], images[:1])
+    with torch.no_grad():
+        assert torch.isfinite(concat(**inputs).logits).all() and torch.isfinite(global_attention(**inputs).logits).all()
 
 
 def test_base_llm_without_vision_tower_is_refused(base_parts):  # noqa: F811
@@ -87,9 +100,12 @@ def test_llava_checkpoint_becomes_an_mmfuser_that_starts_identical(tmp_path, tin
         assert torch.allclose(model.eval()(**inputs).logits, llava(**inputs).logits, atol=1e-5)
 
 
-def test_mmfuser_checkpoint_refuses_other_fuser_layers(tiny_checkpoint):
-    with pytest.raises(ValueError, match="differs from the checkpoint's fuser layers"):
-        load_model_and_processor(ModelArguments(str(tiny_checkpoint), mm_vision_select_layer="list-3/-2"))
+@pytest.mark.parametrize(
+    "flags", [{"mm_vision_select_layer": "list-3/-2"}, {"fuser_fusion": "average"}, {"fuser_attention_type": "global"}]
+)
+def test_mmfuser_checkpoint_refuses_flags_for_another_fuser(tiny_checkpoint, flags):
+    with pytest.raises(ValueError, match="the checkpoint's fuser differs from the flags"):
+        load_model_and_processor(ModelArguments(str(tiny_checkpoint), **flags))
 
 
 def trainable_parts(model) -> set[str]:

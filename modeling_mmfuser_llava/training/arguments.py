@@ -52,6 +52,14 @@ class ModelArguments:
             "with a checkpoint it must match the checkpoint's."
         },
     )
+    fuser_fusion: str | None = field(
+        default=None,
+        metadata={"help": "For a new fuser: mmfuser (default), concat, average, weighted_average (paper, Table I)."},
+    )
+    fuser_attention_type: str | None = field(
+        default=None,
+        metadata={"help": "For a new MMFuser block: deformable (default), global, linear_sra (paper, Table VII)."},
+    )
     pretrain_mm_mlp_adapter: str | None = field(
         default=None,
         metadata={"help": "Stage-1 output (mm_projector.safetensors: fuser + projector) to start stage 2 from."},

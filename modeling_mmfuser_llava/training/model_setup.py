@@ -24,10 +24,8 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerBase,
 )
-from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-
 from ..configuration_mmfuser_llava import MMFuserLlavaConfig
-from ..fuser import MMFuserBlock
+from ..fusion_variants import build_fuser, build_projector
 from ..modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
 from ..processing import IMAGE_TOKEN, build_processor, prepare_tokenizer
 from .arguments import ModelArguments, parse_vision_select_layer
@@ -97,7 +95,7 @@ def load_model_and_processor(
         model = MMFuserLlavaForConditionalGeneration.from_pretrained(
             source, **load_options, **quantized(full_model_skips)
         )
-        check_fuser_layers(model.config, model_args.mm_vision_select_layer)
+        check_fuser_settings(model.config, model_args)
         processor = AutoProcessor.from_pretrained(source)
         prepare_tokenizer(processor.tokenizer)
         return model, processor
@@ -122,10 +120,11 @@ def load_model_and_processor(
         query_layer = -2  # LLaVA-1.5's feature layer
     tokenizer = AutoTokenizer.from_pretrained(source)
     prepare_tokenizer(tokenizer)
-    fuser_layers = {}
+    fuser_settings = fuser_overrides(model_args)
     if model_args.mm_vision_select_layer is not None:
-        key_value_layers, query_layer = parse_vision_select_layer(model_args.mm_vision_select_layer)
-        fuser_layers["fuser_key_value_layers"] = key_value_layers
+        fuser_settings["fuser_key_value_layers"], query_layer = parse_vision_select_layer(
+            model_args.mm_vision_select_layer
+        )
     vision_config = parts["vision_tower"].config
     config = MMFuserLlavaConfig(
         vision_config=vision_config,
@@ -134,7 +133,7 @@ def load_model_and_processor(
         image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
         vision_feature_layer=query_layer,
         pad_token_id=tokenizer.pad_token_id,
-        **fuser_layers,
+        **fuser_settings,
     )
     model = assemble_model(config, **parts)
     if quantization is not None:
@@ -146,15 +145,23 @@ def load_model_and_processor(
     return model, processor
 
 
-def check_fuser_layers(config: MMFuserLlavaConfig, mm_vision_select_layer: str | None) -> None:
-    if mm_vision_select_layer is None:
-        return
-    key_value_layers, query_layer = parse_vision_select_layer(mm_vision_select_layer)
-    if (key_value_layers, query_layer) != (tuple(config.fuser_key_value_layers), config.vision_feature_layer):
-        raise ValueError(
-            f"--mm_vision_select_layer {mm_vision_select_layer} differs from the checkpoint's fuser layers "
-            f"{list(config.fuser_key_value_layers)} (query {config.vision_feature_layer}); drop the flag"
-        )
+def fuser_overrides(model_args: ModelArguments) -> dict:
+    """The fusion-variant choices (paper, Tables I and VII) given for a new fuser."""
+    choices = {"fuser_fusion": model_args.fuser_fusion, "fuser_attention_type": model_args.fuser_attention_type}
+    return {name: value for name, value in choices.items() if value is not None}
+
+
+def check_fuser_settings(config: MMFuserLlavaConfig, model_args: ModelArguments) -> None:
+    """A checkpoint's fuser is what it is: flags that would describe another one are refused, not ignored."""
+    wanted = fuser_overrides(model_args)
+    if model_args.mm_vision_select_layer is not None:
+        key_value_layers, query_layer = parse_vision_select_layer(model_args.mm_vision_select_layer)
+        wanted.update(fuser_key_value_layers=key_value_layers, vision_feature_layer=query_layer)
+    different = {name: value for name, value in wanted.items() if getattr(config, name) != value}
+    if different:
+        found = {name: getattr(config, name) for name in different}
+        raise ValueError(f"the checkpoint's fuser differs from the flags: it has {found}, the flags ask {different}; "
+                         "drop the flags")
 
 
 def assemble_model(
@@ -164,7 +171,7 @@ def assemble_model(
     lm_head: nn.Module,
     projector: nn.Module | None = None,
 ) -> MMFuserLlavaForConditionalGeneration:
-    """An MMFuser-LLaVA around loaded parts, with a freshly initialised fuser (and projector when none is given).
+    """An MMFuser-LLaVA around loaded parts, with a freshly initialised fuser (and projector when none fits).
 
     The skeleton is built on the meta device, so no memory or time goes into weights that are replaced at once.
     """
@@ -174,12 +181,13 @@ def assemble_model(
     model.model.language_model = language_model
     model.lm_head = lm_head
     dtype = language_model.get_input_embeddings().weight.dtype
-    new_parts = [MMFuserBlock(config)] + ([LlavaMultiModalProjector(config)] if projector is None else [])
-    for part in new_parts:
-        part.apply(model._init_weights)
-        part.to(dtype)
-    model.model.fuser = new_parts[0]
-    model.model.multi_modal_projector = projector if projector is not None else new_parts[1]
+    model.model.fuser = build_fuser(config)
+    if projector is None or config.fuser_fusion == "concat":  # concat widens the projector's input
+        projector = build_projector(config)
+        projector.apply(model._init_weights)
+    model.model.fuser.apply(model._init_weights)
+    model.model.fuser.to(dtype)
+    model.model.multi_modal_projector = projector.to(dtype)
     left_on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if left_on_meta:
         raise RuntimeError(f"assembling the model left tensors without values: {left_on_meta[:5]}")

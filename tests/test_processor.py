@@ -1,0 +1,116 @@
+"""The processor reproduces LLaVA-1.5's preprocessing: the vicuna_v1 prompt, the original's token ids, its pixels."""
+
+import numpy as np
+import pytest
+import sentencepiece
+import torch
+from PIL import Image
+from transformers import AutoProcessor, CLIPImageProcessorPil
+
+from modeling_mmfuser_llava.processing import VICUNA_V1_SYSTEM_PROMPT
+from modeling_mmfuser_llava.tiny import TINY_IMAGE_SIZE, build_tiny_tokenizer, train_tiny_sentencepiece
+from modeling_mmfuser_llava.processing import build_processor
+
+ORIGINAL_PLACEHOLDER = -200  # the original's IMAGE_TOKEN_INDEX
+
+
+def original_tokenizer_image_token(prompt: str, model: sentencepiece.SentencePieceProcessor, bos_id: int) -> list[int]:
+    """The original `tokenizer_image_token`: tokenize the text between `<image>` markers chunk by chunk (each chunk
+    as the slow Llama tokenizer does: BOS, then sentencepiece with its dummy prefix) and put one placeholder between."""
+    chunks = [[bos_id, *model.encode(chunk)] for chunk in prompt.split("<image>")]
+    ids = chunks[0]
+    for chunk in chunks[1:]:
+        ids += [ORIGINAL_PLACEHOLDER, *chunk[1:]]
+    return ids
+
+
+def collapse_image_tokens(ids: list[int], image_token_id: int) -> list[int]:
+    """Our expanded `<image>` runs back to one original placeholder each."""
+    collapsed = []
+    for token in ids:
+        if token == image_token_id:
+            if collapsed and collapsed[-1] == ORIGINAL_PLACEHOLDER:
+                continue
+            token = ORIGINAL_PLACEHOLDER
+        collapsed.append(token)
+    return collapsed
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_and_processor():
+    model_bytes = train_tiny_sentencepiece()
+    processor = build_processor(build_tiny_tokenizer(model_bytes), TINY_IMAGE_SIZE, 4)
+    return sentencepiece.SentencePieceProcessor(model_proto=model_bytes), processor
+
+
+def single_turn(question: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def test_chat_template_gives_the_original_vicuna_v1_prompt(sentencepiece_and_processor):
+    processor = sentencepiece_and_processor[1]
+    prompt = processor.apply_chat_template(single_turn("What is shown?"), add_generation_prompt=True)
+    assert prompt == f"{VICUNA_V1_SYSTEM_PROMPT} USER: <image>\nWhat is shown? ASSISTANT:"
+    conversation = single_turn("What is shown?") + [
+        {"role": "assistant", "content": [{"type": "text", "text": "A red circle."}]},
+        {"role": "user", "content": "And its colour?"},
+    ]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    expected = f"{VICUNA_V1_SYSTEM_PROMPT} USER: <image>\nWhat is shown? ASSISTANT: A red circle.</s>USER: And its colour? ASSISTANT:"
+    assert prompt == expected
+    custom = [{"role": "system", "content": "Be brief."}] + single_turn("Hi")
+    assert processor.apply_chat_template(custom, add_generation_prompt=True) == "Be brief. USER: <image>\nHi ASSISTANT:"
+
+
+@pytest.mark.parametrize(
+    "question", ["What is in this image?", "How many shapes? Answer with 3 words.", "  two leading spaces", "é ü ø 42"]
+)
+def test_token_ids_equal_the_originals(sentencepiece_and_processor, question):
+    model, processor = sentencepiece_and_processor
+    prompt = processor.apply_chat_template(single_turn(question), add_generation_prompt=True)
+    image = Image.new("RGB", (40, 30), "white")
+    ours = processor(images=image, text=prompt)["input_ids"][0]
+    image_token_id = processor.image_token_id
+    assert ours.count(image_token_id) == (TINY_IMAGE_SIZE // 4) ** 2
+    expected = original_tokenizer_image_token(prompt, model, processor.tokenizer.bos_token_id)
+    assert collapse_image_tokens(ours, image_token_id) == expected
+    # The tokens around the image, which transformers 5's default (legacy=False) tokenization gets wrong:
+    at = expected.index(ORIGINAL_PLACEHOLDER)
+    pieces = [model.id_to_piece(token) for token in expected[at - 1 : at + 3] if token != ORIGINAL_PLACEHOLDER]
+    assert pieces == ["▁", "▁", "<0x0A>"]
+
+
+def test_token_ids_survive_save_and_reload(sentencepiece_and_processor, tmp_path):
+    """transformers 5 does not save `legacy` unless told: a reloaded tokenizer must keep the original's ids."""
+    model, processor = sentencepiece_and_processor
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    prompt = reloaded.apply_chat_template(single_turn("What is in this image?"), add_generation_prompt=True)
+    ids = reloaded(images=Image.new("RGB", (8, 8)), text=prompt)["input_ids"][0]
+    expected = original_tokenizer_image_token(prompt, model, reloaded.tokenizer.bos_token_id)
+    assert collapse_image_tokens(ids, reloaded.image_token_id) == expected
+
+
+def original_expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """The original's pad-to-square: paste centred on a square canvas of the background colour."""
+    width, height = image.size
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+@pytest.mark.parametrize("size", [(48, 32), (20, 44), (32, 32), (333, 100)])
+def test_pixels_equal_the_originals(sentencepiece_and_processor, size):
+    processor = sentencepiece_and_processor[1]
+    generator = np.random.default_rng(sum(size))
+    image = Image.fromarray(generator.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    clip = CLIPImageProcessorPil(
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    )
+    background = tuple(int(mean * 255) for mean in clip.image_mean)
+    assert background == (122, 116, 104)
+    expected = clip(original_expand2square(image, background), return_tensors="pt")["pixel_values"]
+    ours = processor.image_processor(image, return_tensors="pt")["pixel_values"]
+    assert ours.shape == (1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
