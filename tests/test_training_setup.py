@@ -159,6 +159,9 @@ def test_stage1_file_round_trip_and_mismatch(tmp_path, tiny_pristine):
     other = copy.deepcopy(tiny_pristine[0])
     load_mm_adapter(other, path)
     assert all(torch.equal(other.state_dict()[key], value) for key, value in saved.items())
+    save_file({**saved, "model.fuser.gamma1": torch.zeros(3)}, tmp_path / "reshaped.safetensors")
+    with pytest.raises(ValueError, match="other shapes for.*model.fuser.gamma1"):
+        load_mm_adapter(other, tmp_path / "reshaped.safetensors")
     del saved["model.fuser.gamma1"]
     save_file(saved, tmp_path / "broken.safetensors")
     with pytest.raises(ValueError, match="missing.*model.fuser.gamma1"):

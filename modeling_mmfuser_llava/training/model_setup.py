@@ -7,6 +7,7 @@ Three starting points, told apart by the checkpoint's `model_type`:
 - a base causal LM (Vicuna-v1.5) with `--vision_tower` (CLIP): a new fuser and projector, as in the paper's stage 1.
 """
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerBase,
 )
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
 from ..configuration_mmfuser_llava import MMFuserLlavaConfig
 from ..fusion_variants import build_fuser, build_projector
 from ..modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
@@ -203,10 +206,20 @@ def resize_embeddings_for(model: MMFuserLlavaForConditionalGeneration, tokenizer
     if len(tokenizer) <= old_size:
         return
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        for embedding in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+    embeddings = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+    with gathered_for_update(embeddings), torch.no_grad():
+        for embedding in embeddings:
             embedding[old_size:] = embedding[:old_size].mean(dim=0, keepdim=True)
     logger.info("added %d token(s) to the embeddings: %d -> %d", len(tokenizer) - old_size, old_size, len(tokenizer))
+
+
+def gathered_for_update(parameters: list[nn.Parameter]) -> contextlib.AbstractContextManager:
+    """Under DeepSpeed ZeRO-3 (the stage-2 config) weights are partitioned at load: gather them whole to edit them."""
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(parameters, modifier_rank=0)
 
 
 def set_trainable_parts(
@@ -279,14 +292,20 @@ def load_mm_adapter(model: MMFuserLlavaForConditionalGeneration, path: str | Pat
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: expected the {MM_PROJECTOR_FILE} that stage 1 writes (safetensors)")
     weights = load_file(str(path))
-    expected = mm_adapter_state_dict(model.state_dict())
+    # Shapes from the parameters themselves: under ZeRO-3 a partitioned parameter keeps its real one in `ds_shape`.
+    parameters = dict(model.named_parameters())
+    expected = {
+        key: tuple(getattr(parameters.get(key), "ds_shape", None) or value.shape)
+        for key, value in mm_adapter_state_dict(model.state_dict()).items()
+    }
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    wrong_shapes = [key for key in expected if expected[key].shape != weights[key].shape]
+    wrong_shapes = [key for key in expected if expected[key] != tuple(weights[key].shape)]
     if wrong_shapes:
         raise ValueError(f"{path} does not fit this model: other shapes for {wrong_shapes[:5]}")
-    model.load_state_dict(weights, strict=False)
+    with gathered_for_update([parameters[key] for key in expected if key in parameters]):
+        model.load_state_dict(weights, strict=False)
 
 
 def set_generation_tokens(model: MMFuserLlavaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> None:
