@@ -1,7 +1,8 @@
 """LoRA / QLoRA: adapters on the language model only, fuser and projector saved in full, merging into a checkpoint."""
 
+import pytest
 import torch
-from bitsandbytes.nn import Linear4bit
+from bitsandbytes.nn import Linear4bit, Linear8bitLt
 from peft import PeftModel
 from safetensors.torch import load_file
 from torch import nn
@@ -60,21 +61,25 @@ def test_lora_from_base_llm_adapts_the_language_model_only_and_merges(tmp_path, 
     assert torch.allclose(logits(merged, processor, images), logits(model, processor, images), atol=1e-4)
 
 
+@pytest.mark.parametrize(("bits", "quantized_linear"), [(4, Linear4bit), (8, Linear8bitLt)])
 def test_qlora_quantizes_the_language_model_only_and_merges_from_the_cli(tmp_path, tiny_checkpoint, instructions,
-                                                                         images):
+                                                                         bits, quantized_linear):
     output = tmp_path / "qlora"
-    trainer = train(*training_argv(output, tiny_checkpoint, instructions, *LORA, "--bits", "4",
+    trainer = train(*training_argv(output, tiny_checkpoint, instructions, *LORA, "--bits", str(bits),
                                    "--activation_checkpointing", "True", steps=2))
     base = trainer.model.get_base_model()
-    quantized = [name for name, module in base.named_modules() if isinstance(module, Linear4bit)]
+    quantized = [name for name, module in base.named_modules() if isinstance(module, quantized_linear)]
     assert quantized and all(name.startswith("model.language_model.") for name in quantized)
+    language_model_linears = [name for name, module in base.named_modules() if name.startswith(
+        "model.language_model.") and isinstance(module, nn.Linear) and "lora_" not in name]
+    assert set(language_model_linears) == set(quantized)  # every linear layer of the LLM, adapters aside
     full_precision = [module for name, module in base.named_modules()
                       if name.startswith(NOT_ADAPTED) and isinstance(module, nn.Linear)]
-    assert full_precision and not any(isinstance(module, Linear4bit) for module in full_precision)
+    assert full_precision and not any(isinstance(module, quantized_linear) for module in full_precision)
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry)
     assert cli_main(["merge-lora", str(output), str(tmp_path / "merged")]) == 0
     merged = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "merged")
-    assert not any(isinstance(module, Linear4bit) for module in merged.modules())
+    assert not any(isinstance(module, quantized_linear) for module in merged.modules())
     trained_fuser = {key.split(".model.fuser.")[1]: value  # peft saves modules_to_save under the model's own names
                      for key, value in load_file(output / "adapter_model.safetensors").items() if ".fuser." in key}
     assert trained_fuser

@@ -148,7 +148,7 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.bits < 16 and not self.lora_enable:
             raise ValueError(f"--bits {self.bits} quantizes the language model, which can then only train through "
                              "LoRA: add --lora_enable True")
-        if self.group_by_modality_length and self.train_sampling_strategy not in ("random", "group_by_length"):
+        if self.group_by_modality_length and self.train_sampling_strategy != "random":
             raise ValueError("--group_by_modality_length chooses the sampler; drop --train_sampling_strategy")
         super().__post_init__()
 
