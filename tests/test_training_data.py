@@ -37,7 +37,9 @@ TWO_ROUNDS = {
     ],
 }
 TEXT_ONLY = {"id": "text-only", "conversations": [human("which colour is the sun"), gpt("yellow")]}
-CAPTION = {"id": "caption", "image": "a.png", "conversations": [human("<image>\ndescribe the picture"), gpt("a red square")]}
+CAPTION = {
+    "id": "caption", "image": "a.png", "conversations": [human("<image>\ndescribe the picture"), gpt("a red square")]
+}
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ class LazySupervisedDataset(Dataset):
     """LLaVA-format samples, checked when the file is read; tokenized and their images loaded only when fetched.
 
     A sample that `model_max_length` would cut inside its image tokens, or strip of every supervised token, raises
-    `InvalidSampleError` when fetched; with `skip_overlong_samples` all samples are tokenized (text only) up front and
+    `OverlongSampleError` when fetched; with `skip_overlong_samples` all samples are tokenized (text only) up front and
     such samples are left out, their ids kept in `skipped_sample_ids`.
     """
 
@@ -158,9 +158,8 @@ class ModalityLengthGroupedSampler(Sampler[int]):
 
     Each modality is shuffled and cut into mega-batches of `batch_size * world_size` samples (one optimizer step over
     all processes), sorted by length inside so that each batch holds samples of similar length (less padding).
-    Mega-batches are then
-    shuffled together; the two incomplete ones, merged, go last. Seeded by `seed` and the epoch, so every process and
-    a resumed run see the same order.
+    Mega-batches are then shuffled together; the two incomplete ones, merged, go last. Seeded by `seed` and the epoch,
+    so every process and a resumed run see the same order.
     """
 
     def __init__(self, modality_lengths: list[int], batch_size: int, world_size: int, seed: int = 0):

@@ -1,4 +1,4 @@
-"""A seeded synthetic dataset in the LLaVA JSON format: shapes drawn with PIL, questions whose answers the picture fixes.
+"""A seeded synthetic dataset in the LLaVA JSON format: shapes drawn with PIL, questions the picture alone answers.
 
 Small enough to train on a CPU in seconds, and learnable: a model that reads the image can drive its loss down (the
 shape, colour and count are in the picture only). Two layouts, matching the two stages:
@@ -86,7 +86,10 @@ def make_synthetic_dataset(
                 rounds = [("describe the picture", f"{describe_scene(shape, colour, count)} on {background}")]
             else:
                 rounds = [("what is in this image", describe_scene(shape, colour, count))]
-                follow_ups = [("how many shapes are there", COUNT_WORDS[count - 1]), (f"which colour is the {shape}", colour)]
+                follow_ups = [
+                    ("how many shapes are there", COUNT_WORDS[count - 1]),
+                    (f"which colour is the {shape}", colour),
+                ]
                 if rng.random() < 0.5:
                     rounds.append(rng.choice(follow_ups))
             conversation = turns(*rounds)

@@ -22,7 +22,7 @@ class MMFuserTrainer(Trainer):
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """The Trainer's optimizer; with `ms_cross_attn_lr`, each group's fuser parameters move to a twin group at it."""
+        """The Trainer's optimizer; with `ms_cross_attn_lr`, each group's fuser parameters move to a twin group."""
         optimizer = super().create_optimizer(model)
         fuser_lr = self.args.ms_cross_attn_lr
         if fuser_lr is None or any(group.get("fuser_group") for group in optimizer.param_groups):
