@@ -9,6 +9,8 @@ import importlib
 
 COMMANDS = (
     "demo",
+    "convert",
+    "upcycle",
 )
 
 

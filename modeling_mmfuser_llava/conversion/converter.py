@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, CLIPVisionConfig, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, CLIPVisionConfig, PreTrainedTokenizerBase, ProcessorMixin
 
 from ..hub_folder import staged_output
 from ..modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
@@ -23,7 +23,7 @@ from ..processing import build_processor, prepare_tokenizer
 from .errors import ConversionError
 from .hub_files import write_model_files
 from .key_mapping import VISION_TOWER_PREFIX, NameMapping, map_original_names, map_vision_tower_names
-from .model_card import ModelCardInfo, build_model_card
+from .model_card import ModelCardInfo, build_model_card, with_default_base_model
 from .new_token_rows import with_mean_rows
 from .original_config import OriginalSettings, build_config
 from .shard_writer import PlannedTensor, write_safetensors_shards
@@ -139,23 +139,26 @@ def plan_tensors(
     return list(planned.values())
 
 
-def convert_checkpoint(
+@dataclass
+class ConversionPlan:
+    """Everything decided before any weight is read: the converted model (on meta), its processor and tensor plan."""
+
+    model: MMFuserLlavaForConditionalGeneration
+    processor: ProcessorMixin
+    tensors: list[PlannedTensor]
+    sources: list[tuple[CheckpointReader, NameMapping]]
+    vision_tower: str
+    vision_weights_from: str
+    added_tokens: list[str]
+
+
+def plan_conversion(
     checkpoint: str | Path,
-    output_dir: str | Path,
     vision_tower: str | Path | None = None,
     dtype: str | None = None,
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-    card: ModelCardInfo | None = None,
-    progress: bool = True,
     release_bytes: int = DEFAULT_RELEASE_BYTES,
-) -> ConversionSummary:
-    """Convert the original-layout `checkpoint` (folder or Hub id) into a Hub-ready folder `output_dir`.
-
-    `vision_tower` (folder or Hub id; default: the config's `mm_vision_tower`) supplies the vision config, and the
-    vision weights when the checkpoint has none. `dtype` defaults to the checkpoint's.
-    """
-    start = time.perf_counter()
+) -> ConversionPlan:
+    """Read the checkpoint's config, tokenizer and shard headers, and check that everything fits; reads no weights."""
     source_folder = resolve_folder(checkpoint, CHECKPOINT_PATTERNS)
     config_path = source_folder / "config.json"
     if not config_path.is_file():
@@ -165,8 +168,8 @@ def convert_checkpoint(
     source_names = map_original_names(list(source.tensors), str(source_folder))
     has_vision_weights = any(name.startswith(VISION_TOWER_PREFIX) for name in source_names.mapped.values())
 
-    vision_name = vision_tower or settings.vision_tower
-    if vision_name is None:
+    vision_name = str(vision_tower or settings.vision_tower or "")
+    if not vision_name:
         raise ConversionError("the config names no mm_vision_tower: pass the CLIP checkpoint with --vision-tower")
     vision_folder = resolve_folder(vision_name, VISION_CONFIG_PATTERNS if has_vision_weights else CHECKPOINT_PATTERNS)
     try:
@@ -192,31 +195,59 @@ def convert_checkpoint(
     for token in ("bos", "eos", "pad"):
         setattr(model.generation_config, f"{token}_token_id", getattr(tokenizer, f"{token}_token_id"))
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    plan = plan_tensors(sources, expected, out_dtype)
+    return ConversionPlan(
+        model=model,
+        processor=processor,
+        tensors=plan_tensors(sources, expected, out_dtype),
+        sources=sources,
+        vision_tower=vision_name,
+        vision_weights_from="the checkpoint" if has_vision_weights else str(vision_folder),
+        added_tokens=added_tokens,
+    )
 
+
+def convert_checkpoint(
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    vision_tower: str | Path | None = None,
+    dtype: str | None = None,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    card: ModelCardInfo | None = None,
+    progress: bool = True,
+    release_bytes: int = DEFAULT_RELEASE_BYTES,
+) -> ConversionSummary:
+    """Convert the original-layout `checkpoint` (folder or Hub id) into a Hub-ready folder `output_dir`.
+
+    `vision_tower` (folder or Hub id; default: the config's `mm_vision_tower`) supplies the vision config, and the
+    vision weights when the checkpoint has none. `dtype` defaults to the checkpoint's. Nothing is left at
+    `output_dir` unless the conversion completes.
+    """
+    start = time.perf_counter()
     with staged_output(output_dir, overwrite) as staging:
-        write_model_files(model, processor, staging)
-        total = sum(tensor.nbytes for tensor in plan)
+        plan = plan_conversion(checkpoint, vision_tower, dtype, release_bytes)
+        write_model_files(plan.model, plan.processor, staging)
+        total = sum(tensor.nbytes for tensor in plan.tensors)
         with tqdm(total=total, unit="B", unit_scale=True, desc="Converting", disable=not progress) as bar:
-            written = write_safetensors_shards(plan, staging, max_shard_size, lambda tensor: bar.update(tensor.nbytes))
-        vision_from = "the checkpoint" if has_vision_weights else str(vision_folder)
+            written = write_safetensors_shards(plan.tensors, staging, max_shard_size, lambda t: bar.update(t.nbytes))
+        for reader, _ in plan.sources:
+            reader.close()
+        card = with_default_base_model(card, plan.vision_tower)
         provenance = (
             f"Converted with `mmfuser-llava convert` from a checkpoint of the authors' code (LLaVA layout); vision "
-            f"tower `{vision_name}`, weights from {'the checkpoint' if has_vision_weights else 'the vision tower'}."
+            f"tower `{plan.vision_tower}`, vision weights from {plan.vision_weights_from}."
         )
-        build_model_card(card or ModelCardInfo(), config, provenance, Path(output_dir).name).save(staging / "README.md")
-    for reader, _ in sources:
-        reader.close()
+        build_model_card(card, plan.model.config, provenance, Path(output_dir).name).save(staging / "README.md")
     return ConversionSummary(
         output_dir=Path(output_dir),
         tensors=written.tensors,
         bytes=written.bytes,
         seconds=time.perf_counter() - start,
         shards=written.files,
-        vision_weights_from=vision_from,
-        added_tokens=added_tokens,
-        dropped={name: reason for _, mapping in sources for name, reason in mapping.dropped.items()},
+        vision_weights_from=plan.vision_weights_from,
+        added_tokens=plan.added_tokens,
+        dropped={name: reason for _, mapping in plan.sources for name, reason in mapping.dropped.items()},
     )
 
 
-__all__ = ["ConversionSummary", "convert_checkpoint", "load_original_tokenizer", "plan_tensors"]
+__all__ = ["ConversionPlan", "ConversionSummary", "convert_checkpoint", "load_original_tokenizer", "plan_conversion", "plan_tensors"]

@@ -5,7 +5,7 @@ not measured on the checkpoint it describes.
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -107,6 +107,14 @@ class ModelCardInfo:
     eval_results: list[EvalResult] = field(default_factory=list)
 
 
+def with_default_base_model(card: ModelCardInfo | None, name: str | Path) -> ModelCardInfo:
+    """`card` (or the default card) with `name` as its base model if the user named none and `name` is a Hub id."""
+    card = card or ModelCardInfo()
+    if card.base_models or Path(name).expanduser().exists():
+        return card
+    return replace(card, base_models=[str(name)])
+
+
 def load_eval_results(path: str | Path) -> list[EvalResult]:
     """Evaluation results from a JSON list of objects with huggingface_hub `EvalResult` fields, e.g.
     `{"task_type": "visual-question-answering", "dataset_type": "textvqa", "dataset_name": "TextVQA",
@@ -149,4 +157,4 @@ def build_model_card(info: ModelCardInfo, config: MMFuserLlavaConfig, provenance
     )
 
 
-__all__ = ["ModelCardInfo", "build_model_card", "load_eval_results"]
+__all__ = ["ModelCardInfo", "build_model_card", "load_eval_results", "with_default_base_model"]
