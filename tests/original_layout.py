@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import sentencepiece
 import torch
 import torch.nn.functional as F
@@ -239,3 +240,9 @@ class OriginalForward:
                 break
             embeds = torch.cat([embeds, self.llama.get_input_embeddings()(torch.tensor([[token]]))], 1)
         return generated
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory) -> OriginalModel:
+    """A seeded tiny original model; its CLIP folder plays the role of mm_vision_tower."""
+    return make_original_model(write_tiny_clip(tmp_path_factory.mktemp("clip-vit-tiny")))

@@ -106,7 +106,8 @@ def plan_tensors(
     """One planned output tensor per mapped source tensor, checked against the model's names and shapes.
 
     Missing, unexpected or mis-shaped tensors are an error listing them; the vocabulary matrices get mean rows for the
-    added tokens.
+    added tokens. The plan follows `expected`'s order (the model's `state_dict`), so that the shards are the ones
+    `save_pretrained` writes.
     """
     planned: dict[str, PlannedTensor] = {}
     mis_shaped: dict[str, str] = {}
@@ -136,7 +137,7 @@ def plan_tensors(
     ]
     if problems:
         raise ConversionError("the checkpoint does not fit the converted model; tensors " + "; tensors ".join(problems))
-    return list(planned.values())
+    return [planned[name] for name in expected]
 
 
 @dataclass
