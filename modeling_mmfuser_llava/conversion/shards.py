@@ -2,9 +2,10 @@
 
 Both weight formats are memory-mapped: safetensors through `safe_open`, `.bin` through
 `torch.load(mmap=True, weights_only=True)` (no arbitrary unpickling). A mapped page stays resident, and counts in the
-process's RSS, for as long as its file is mapped once it has been read. The reader therefore unmaps its file after
-every `release_bytes` it has read and maps it again on the next request, so the source's share of resident memory
-stays near `release_bytes` whatever the shard size.
+process's RSS, for as long as its file is mapped once it has been read. The reader therefore unmaps its files after
+every `release_bytes` it has read and maps them again on the next request, so the source's share of resident memory
+stays near `release_bytes` whatever the shard size (files are kept mapped until then, so that reading shards in any
+order does not re-open, and for `.bin` re-unpickle, a file per tensor).
 """
 
 import json
@@ -84,9 +85,8 @@ class CheckpointReader:
         self.release_bytes = release_bytes
         self.files, weight_map = find_weight_files(self.folder)
         self.tensors = self._scan(weight_map)
-        self._handle = None
-        self._handle_file: Path | None = None
-        self._bytes_since_open = 0
+        self._handles: dict[Path, object] = {}
+        self._bytes_since_release = 0
 
     def _scan(self, weight_map: dict[str, str] | None) -> dict[str, TensorInfo]:
         """Read every file's header (shapes, dtypes): a corrupt or inconsistent file is an error before any writing."""
@@ -117,22 +117,21 @@ class CheckpointReader:
         The mapped tensor is only valid during the call: the file may be unmapped afterwards.
         """
         info = self.tensors[name]
-        if self._handle_file != info.file or self._bytes_since_open >= self.release_bytes:
+        if self._bytes_since_release >= self.release_bytes:
             self.close()
-            self._handle = _open(info.file)
-            self._handle_file = info.file
-        mapped = _mapped_tensor(self._handle, info.file, name)
+        if info.file not in self._handles:
+            self._handles[info.file] = _open(info.file)
+        mapped = _mapped_tensor(self._handles[info.file], info.file, name)
         result = build(mapped)
         if result.untyped_storage().data_ptr() == mapped.untyped_storage().data_ptr():
             raise RuntimeError(f"build returned a view of the mapped file for {name!r}; it must copy")
-        self._bytes_since_open += info.nbytes
+        self._bytes_since_release += info.nbytes
         return result
 
     def close(self) -> None:
-        """Unmap the current file: its pages stop counting in RSS."""
-        self._handle = None
-        self._handle_file = None
-        self._bytes_since_open = 0
+        """Unmap every file: their pages stop counting in RSS."""
+        self._handles.clear()
+        self._bytes_since_release = 0
 
 
 __all__ = ["CheckpointReader", "TensorInfo", "find_weight_files"]
