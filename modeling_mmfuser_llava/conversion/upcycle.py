@@ -93,9 +93,9 @@ def upcycled_processor(base_folder: Path, config: MMFuserLlavaConfig) -> LlavaPr
 
 def fresh_fuser(model: MMFuserLlavaForConditionalGeneration, seed: int, dtype: torch.dtype) -> MMFuserBlock:
     """A fuser with the original initialisation (`_init_weights`), seeded without touching the global RNG state."""
-    fuser = MMFuserBlock(model.config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        fuser = MMFuserBlock(model.config)
         fuser.apply(model._init_weights)
     return fuser.to(dtype)
 
