@@ -1,9 +1,8 @@
 """`mmfuser-llava upcycle`: add a freshly initialised fuser to a transformers Llava checkpoint (outputs unchanged)."""
 
 import argparse
-import sys
 
-from .hub_options import add_hub_arguments, card_info, check_hub_arguments, push_if_requested
+from .output_options import add_output_arguments, card_info, check_output_arguments, write_then_push
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -16,34 +15,23 @@ def parse_layers(text: str) -> tuple[int, ...]:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("upcycle", help=__doc__.split(": ", 1)[1], description=__doc__)
     parser.add_argument("--base", required=True, help="transformers Llava checkpoint: folder or Hub id")
-    parser.add_argument("--output", required=True, metavar="OUT", help="folder to write (must be absent or empty)")
     parser.add_argument("--key-value-layers", type=parse_layers, metavar="LAYERS",
                         help="vision layers the fuser attends to, e.g. -22,-17,-12,-7 (the default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fuser's initialisation")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard (default: 5GB)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
-    add_hub_arguments(parser)
+    add_output_arguments(parser)
     parser.set_defaults(run=lambda args: run(args, parser))
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    check_hub_arguments(parser, args)
-    from ..conversion import ConversionError
+    check_output_arguments(parser, args)
     from ..conversion.upcycle import upcycle_llava
 
-    try:
-        summary = upcycle_llava(
-            args.base,
-            args.output,
-            key_value_layers=args.key_value_layers,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            max_shard_size=args.max_shard_size,
-            card=card_info(args),
-        )
-        print(summary)
-        push_if_requested(args)
-    except (ConversionError, FileExistsError) as error:
-        print(f"mmfuser-llava upcycle: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return write_then_push("upcycle", args, lambda: upcycle_llava(
+        args.base,
+        args.output,
+        key_value_layers=args.key_value_layers,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        max_shard_size=args.max_shard_size,
+        card=card_info(args),
+    ))

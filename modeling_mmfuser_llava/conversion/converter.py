@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPVisionConfig, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.utils.hub import convert_file_size_to_int
 
 from ..hub_folder import staged_output
 from ..modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
@@ -225,6 +226,10 @@ def convert_checkpoint(
     `output_dir` unless the conversion completes.
     """
     start = time.perf_counter()
+    try:
+        max_shard_size = convert_file_size_to_int(max_shard_size)
+    except ValueError:
+        raise ConversionError(f"max_shard_size must be bytes or a size such as '5GB', got {max_shard_size!r}") from None
     with staged_output(output_dir, overwrite) as staging:
         plan = plan_conversion(checkpoint, vision_tower, dtype, release_bytes)
         write_model_files(plan.model, plan.processor, staging)
