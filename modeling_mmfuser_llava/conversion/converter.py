@@ -7,7 +7,6 @@ moved into place only when complete.
 """
 
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,7 +31,6 @@ from .shards import DEFAULT_RELEASE_BYTES, CheckpointReader
 from .sources import resolve_folder
 from .vision_preprocessing import check_vision_preprocessing
 
-logger = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Rows are added to these for the tokens the converted tokenizer adds.
@@ -217,19 +215,22 @@ def convert_checkpoint(
     overwrite: bool = False,
     card: ModelCardInfo | None = None,
     progress: bool = True,
-    release_bytes: int = DEFAULT_RELEASE_BYTES,
+    release_bytes: int | None = None,
 ) -> ConversionSummary:
     """Convert the original-layout `checkpoint` (folder or Hub id) into a Hub-ready folder `output_dir`.
 
     `vision_tower` (folder or Hub id; default: the config's `mm_vision_tower`) supplies the vision config, and the
     vision weights when the checkpoint has none. `dtype` defaults to the checkpoint's. Nothing is left at
-    `output_dir` unless the conversion completes.
+    `output_dir` unless the conversion completes. The source files are unmapped after every `release_bytes` read
+    (default: 256 MiB, at most a quarter of `max_shard_size`), which bounds their share of memory.
     """
     start = time.perf_counter()
     try:
         max_shard_size = convert_file_size_to_int(max_shard_size)
     except ValueError:
         raise ConversionError(f"max_shard_size must be bytes or a size such as '5GB', got {max_shard_size!r}") from None
+    if release_bytes is None:
+        release_bytes = min(DEFAULT_RELEASE_BYTES, max_shard_size // 4)
     with staged_output(output_dir, overwrite) as staging:
         plan = plan_conversion(checkpoint, vision_tower, dtype, release_bytes)
         write_model_files(plan.model, plan.processor, staging)
