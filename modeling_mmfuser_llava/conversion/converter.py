@@ -24,7 +24,7 @@ from .errors import ConversionError
 from .hub_files import write_model_files
 from .key_mapping import VISION_TOWER_PREFIX, NameMapping, map_original_names, map_vision_tower_names
 from .model_card import ModelCardInfo, build_model_card, with_default_base_model
-from .new_token_rows import with_mean_rows
+from .new_token_rows import fill_mean_rows
 from .original_config import OriginalSettings, build_config
 from .shard_writer import PlannedTensor, write_safetensors_shards
 from .shards import DEFAULT_RELEASE_BYTES, CheckpointReader
@@ -93,8 +93,16 @@ def _output_dtype(requested: str | None, settings: OriginalSettings, source: Che
     return DTYPES[name]
 
 
-def _cast_copy(dtype: torch.dtype, tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
+def _load(reader: CheckpointReader, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The named source tensor as a new `dtype` tensor of `shape`."""
+    tensor = torch.empty(shape, dtype=dtype)
+    source_shape = reader.tensors[name].shape
+    if source_shape == shape:
+        reader.copy_into(name, tensor)
+    else:  # a vocabulary matrix: the source rows, then mean rows for the added tokens
+        reader.copy_into(name, tensor[: source_shape[0]])
+        fill_mean_rows(tensor, source_shape[0])
+    return tensor
 
 
 def plan_tensors(
@@ -116,15 +124,12 @@ def plan_tensors(
                 raise ConversionError(f"two source tensors map to {target}, the second is {source_name}")
             info = reader.tensors[source_name]
             shape = expected.get(target, info.shape)
-            if target in VOCABULARY_MATRICES and shape[1:] == info.shape[1:] and shape[0] >= info.shape[0]:
-                build = partial(with_mean_rows, new_rows=shape[0] - info.shape[0], dtype=dtype)
-            elif shape == info.shape:
-                build = partial(_cast_copy, dtype)
-            else:
+            grows = target in VOCABULARY_MATRICES and shape[1:] == info.shape[1:] and shape[0] >= info.shape[0]
+            if shape != info.shape and not grows:
                 mis_shaped[target] = f"{source_name} {list(info.shape)} -> {target} {list(shape)}"
                 continue
             out_dtype = dtype if info.dtype.is_floating_point else info.dtype
-            planned[target] = PlannedTensor(target, shape, out_dtype, partial(reader.read, source_name, build))
+            planned[target] = PlannedTensor(target, shape, out_dtype, partial(_load, reader, source_name, shape, out_dtype))
     problems = [
         f"{label}: {names[:20]}{' ...' if len(names) > 20 else ''}"
         for label, names in (

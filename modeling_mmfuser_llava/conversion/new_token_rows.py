@@ -1,7 +1,7 @@
 """Rows for the tokens the converted tokenizer adds (`<image>`, and `<pad>` where the original had none).
 
-Each new row of `embed_tokens` and `lm_head` is the mean of the existing rows (LLaVA's own choice when it adds
-tokens), accumulated in float64 over blocks of rows so that it is deterministic and needs no full-size copy. In
+Each new row of `embed_tokens` and `lm_head` is the mean of the existing rows as converted (LLaVA's own choice when
+it adds tokens), accumulated in float64 over blocks of rows so that it is deterministic and needs no full-size copy. In
 `lm_head` a mean row scores the mean of the other logits, which never exceeds their maximum: greedy decoding never
 picks a new token, and the logits of the original vocabulary are unchanged. The `<image>` embedding is never looked
 up (image features replace it).
@@ -20,12 +20,9 @@ def mean_row(weight: torch.Tensor) -> torch.Tensor:
     return total / weight.shape[0]
 
 
-def with_mean_rows(weight: torch.Tensor, new_rows: int, dtype: torch.dtype) -> torch.Tensor:
-    """A new `dtype` tensor: `weight`'s rows followed by `new_rows` copies of their mean."""
-    extended = torch.empty((weight.shape[0] + new_rows, *weight.shape[1:]), dtype=dtype)
-    extended[: weight.shape[0]].copy_(weight)
-    extended[weight.shape[0] :] = mean_row(weight).to(dtype)
-    return extended
+def fill_mean_rows(matrix: torch.Tensor, existing_rows: int) -> None:
+    """Set every row of `matrix` after the first `existing_rows` to the mean of those rows."""
+    matrix[existing_rows:] = mean_row(matrix[:existing_rows]).to(matrix.dtype)
 
 
-__all__ = ["mean_row", "with_mean_rows"]
+__all__ = ["fill_mean_rows", "mean_row"]

@@ -2,14 +2,14 @@
 
 Both weight formats are memory-mapped: safetensors through `safe_open`, `.bin` through
 `torch.load(mmap=True, weights_only=True)` (no arbitrary unpickling). A mapped page stays resident, and counts in the
-process's RSS, for as long as its file is mapped once it has been read. The reader therefore unmaps its files after
-every `release_bytes` it has read and maps them again on the next request, so the source's share of resident memory
-stays near `release_bytes` whatever the shard size (files are kept mapped until then, so that reading shards in any
-order does not re-open, and for `.bin` re-unpickle, a file per tensor).
+process's RSS, for as long as its file is mapped once it has been read. The reader therefore unmaps its files
+whenever `release_bytes` have been read and maps them again on the next request, so the source's share of resident
+memory stays below `release_bytes` whatever the shard or tensor size (large tensors are copied in blocks of rows).
+Files stay mapped until then, so that reading shards in any order does not re-open (for `.bin`, re-unpickle) a file
+per tensor.
 """
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,20 +111,27 @@ class CheckpointReader:
                 )
         return tensors
 
-    def read(self, name: str, build: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """`build(mapped)` for the named tensor; `build` must copy (return a tensor with its own memory, not a view).
+    def copy_into(self, name: str, out: torch.Tensor) -> None:
+        """Copy the named tensor into `out` (same shape, any dtype: values are cast), block of rows by block of rows.
 
-        The mapped tensor is only valid during the call: the file may be unmapped afterwards, and a view kept beyond
-        it would keep the whole file mapped.
+        Each block is at most `release_bytes` (one row if a row is larger), and the files are unmapped whenever that
+        much has been read, so even a tensor larger than the budget never has more than the budget mapped.
         """
         info = self.tensors[name]
-        if self._bytes_since_release >= self.release_bytes:
-            self.close()
-        if info.file not in self._handles:
-            self._handles[info.file] = _open(info.file)
-        result = build(_mapped_tensor(self._handles[info.file], info.file, name))
-        self._bytes_since_release += info.nbytes
-        return result
+        if tuple(out.shape) != info.shape:
+            raise ValueError(f"{name} has shape {info.shape}, cannot copy it into {tuple(out.shape)}")
+        out_rows = out if out.dim() else out.view(1)  # a scalar is one row
+        row_bytes = max(1, info.nbytes // max(1, out_rows.shape[0]))
+        rows_per_block = max(1, self.release_bytes // row_bytes)
+        for start in range(0, out_rows.shape[0], rows_per_block):
+            rows = out_rows[start : start + rows_per_block]
+            if self._bytes_since_release + len(rows) * row_bytes > self.release_bytes:
+                self.close()
+            if info.file not in self._handles:
+                self._handles[info.file] = _open(info.file)
+            source = _mapped_tensor(self._handles[info.file], info.file, name)
+            rows.copy_((source if source.dim() else source.view(1))[start : start + len(rows)])
+            self._bytes_since_release += len(rows) * row_bytes
 
     def close(self) -> None:
         """Unmap every file: their pages stop counting in RSS."""
