@@ -96,6 +96,8 @@ class OriginalSettings:
                 layers, ORIGINAL_KEY_VALUE_LEVELS, layers[ORIGINAL_KEY_VALUE_LEVELS:-1],
             )
         llama_field_names = {field.name for field in dataclasses.fields(LlamaConfig)} | LLAMA_LEGACY_FIELDS
+        # Generic config fields and the generation defaults transformers 4 kept in model configs (e.g. max_length) are
+        # known but not carried over: the converted generation_config.json holds the token ids only.
         known = (
             llama_field_names | set(TRAINING_FIELDS) | METADATA_FIELDS | set(SUPPORTED_SETTINGS) | TRANSLATED_FIELDS
             | set(PretrainedConfig().to_dict()) | set(GenerationConfig().to_dict())
