@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PLAN_ONLY = "import sys; from modeling_mmfuser_llava.conversion.converter import plan_conversion; plan_conversion(sys.argv[1])"
+PLAN_ONLY = (
+    "import sys; from modeling_mmfuser_llava.conversion.converter import plan_conversion; "
+    "plan_conversion(sys.argv[1])"
+)
 WRITE_SYNTHETIC = (
     "import sys; from modeling_mmfuser_llava.conversion.synthetic import write_synthetic_checkpoint; "
     "write_synthetic_checkpoint(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])"

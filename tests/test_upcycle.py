@@ -1,4 +1,5 @@
-"""Upcycling a transformers Llava checkpoint: a fresh fuser (gates 0) leaves the base model's outputs exactly as they were."""
+"""Upcycling a transformers Llava checkpoint: a fresh fuser (gates 0) leaves the base model's outputs exactly as they
+were."""
 
 import copy
 
@@ -16,6 +17,8 @@ from transformers import (
     LlavaProcessor,
 )
 
+from modeling_mmfuser_llava import MMFuserLlavaConfig
+from modeling_mmfuser_llava.cli import main
 from modeling_mmfuser_llava.conversion import ConversionError
 from modeling_mmfuser_llava.conversion.upcycle import fresh_fuser, upcycle_llava, upcycled_config
 from modeling_mmfuser_llava.deformable_attention import sampling_offset_bias
@@ -126,3 +129,14 @@ def test_bases_the_fuser_cannot_extend_are_refused(overrides, message):
     config, _ = tiny_llava_config(**overrides)
     with pytest.raises(ConversionError, match=message):
         upcycled_config(config)
+
+
+def test_upcycle_command_with_push_dry_run(base_folder, tmp_path, capsys):
+    output_dir = tmp_path / "upcycled"
+    assert main(["upcycle", "--base", str(base_folder), "--output", str(output_dir),
+                 "--key-value-layers=-20,-10", "--push-to-hub", "someone/llava-mmfuser", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {output_dir}" in printed and "would upload to someone/llava-mmfuser" in printed
+    assert MMFuserLlavaConfig.from_pretrained(output_dir).fuser_key_value_layers == (-20, -10)
+    assert main(["upcycle", "--base", str(base_folder), "--output", str(output_dir)]) == 2  # OUT exists now
+    assert "not empty" in capsys.readouterr().err

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("upcycle", help=__doc__.split(": ", 1)[1], description=__doc__)
     parser.add_argument("--base", required=True, help="transformers Llava checkpoint: folder or Hub id")
     parser.add_argument("--key-value-layers", type=parse_layers, metavar="LAYERS",
-                        help="vision layers the fuser attends to, e.g. -22,-17,-12,-7 (the default)")
+                        help="vision layers the fuser attends to, e.g. --key-value-layers=-22,-17,-12,-7 (the default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fuser's initialisation")
     add_output_arguments(parser)
     parser.set_defaults(run=lambda args: run(args, parser))

@@ -80,7 +80,8 @@ def load_original_tokenizer(
         )
     before = set(tokenizer.get_vocab())
     prepare_tokenizer(tokenizer)
-    added = sorted((token for token in tokenizer.get_vocab() if token not in before), key=tokenizer.convert_tokens_to_ids)
+    added = [token for token in tokenizer.get_vocab() if token not in before]
+    added.sort(key=tokenizer.convert_tokens_to_ids)
     return tokenizer, added
 
 
@@ -129,7 +130,8 @@ def plan_tensors(
                 mis_shaped[target] = f"{source_name} {list(info.shape)} -> {target} {list(shape)}"
                 continue
             out_dtype = dtype if info.dtype.is_floating_point else info.dtype
-            planned[target] = PlannedTensor(target, shape, out_dtype, partial(_load, reader, source_name, shape, out_dtype))
+            load = partial(_load, reader, source_name, shape, out_dtype)
+            planned[target] = PlannedTensor(target, shape, out_dtype, load)
     problems = [
         f"{label}: {names[:20]}{' ...' if len(names) > 20 else ''}"
         for label, names in (
@@ -262,4 +264,11 @@ def convert_checkpoint(
     )
 
 
-__all__ = ["ConversionPlan", "ConversionSummary", "convert_checkpoint", "load_original_tokenizer", "plan_conversion", "plan_tensors"]
+__all__ = [
+    "ConversionPlan",
+    "ConversionSummary",
+    "convert_checkpoint",
+    "load_original_tokenizer",
+    "plan_conversion",
+    "plan_tensors",
+]

@@ -53,7 +53,7 @@ class NameMapping:
 def map_names(
     names: list[str], prefixes: tuple[tuple[str, str], ...], dropped: tuple[tuple[str, str], ...], source: str
 ) -> NameMapping:
-    """Map every name by the first matching prefix rule or drop it by a rule; unknown names are an error listing them."""
+    """Map each name by its first matching prefix, or drop it by rule; unknown names are an error listing them."""
     mapping = NameMapping({}, {})
     unknown = []
     for name in names:

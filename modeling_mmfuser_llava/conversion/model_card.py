@@ -17,7 +17,8 @@ PAPER_ARXIV_ID = "2410.11829"
 PAPER_TITLE = "MMFuser: Multimodal Multi-Layer Feature Fuser for Fine-Grained Vision-Language Understanding"
 CITATION = """@article{cao2024mmfuser,
   title   = {MMFuser: Multimodal Multi-Layer Feature Fuser for Fine-Grained Vision-Language Understanding},
-  author  = {Cao, Yue and Liu, Yangzhou and Chen, Zhe and Shi, Guangchen and Wang, Wenhai and Zhao, Danhuai and Lu, Tong},
+  author  = {Cao, Yue and Liu, Yangzhou and Chen, Zhe and Shi, Guangchen and Wang, Wenhai and Zhao, Danhuai and
+             Lu, Tong},
   journal = {arXiv preprint arXiv:2410.11829},
   year    = {2024}
 }"""
@@ -52,7 +53,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 repo = "{{ repo_id }}"
-model = AutoModelForImageTextToText.from_pretrained(repo, trust_remote_code=True, dtype=torch.float16, device_map="auto")
+model = AutoModelForImageTextToText.from_pretrained(
+    repo, trust_remote_code=True, dtype=torch.float16, device_map="auto"
+)
 processor = AutoProcessor.from_pretrained(repo)
 
 messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this image?"}]}]
@@ -69,7 +72,9 @@ from transformers import BitsAndBytesConfig
 
 model = AutoModelForImageTextToText.from_pretrained(
     repo, trust_remote_code=True, device_map="auto",
-    quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16),
+    quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16
+    ),
 )
 ```
 

@@ -125,8 +125,10 @@ def parse_select_layers(value: Any) -> list[int]:
         try:
             value = [int(part) for part in value[len("list") :].split("/")]
         except ValueError:
-            raise ConversionError(f"mm_vision_select_layer {value!r} is not of the form 'list-22/-17/-12/-7/-2'") from None
-    if not isinstance(value, list) or not all(isinstance(index, int) and not isinstance(index, bool) for index in value):
+            raise ConversionError(
+                f"mm_vision_select_layer {value!r} is not of the form 'list-22/-17/-12/-7/-2'"
+            ) from None
+    if not isinstance(value, list) or not all(type(index) is int for index in value):  # bool is not a layer
         raise ConversionError(
             f"mm_vision_select_layer is {value!r}: an MMFuser checkpoint selects a list of layers (e.g. "
             "'list-22/-17/-12/-7/-2'); a single layer is plain LLaVA, which has no fuser"

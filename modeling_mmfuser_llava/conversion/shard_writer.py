@@ -71,7 +71,8 @@ def write_safetensors_shards(
             tensor = planned[name].load()
             expected = (planned[name].shape, planned[name].dtype)
             if (tuple(tensor.shape), tensor.dtype) != expected:
-                raise RuntimeError(f"{name} was planned as {expected} but loaded as {(tuple(tensor.shape), tensor.dtype)}")
+                loaded = (tuple(tensor.shape), tensor.dtype)
+                raise RuntimeError(f"{name} was planned as {expected} but loaded as {loaded}")
             shard[name] = tensor.contiguous()
             on_tensor(planned[name])
         save_file(shard, folder / filename, metadata={"format": "pt"})
@@ -79,7 +80,10 @@ def write_safetensors_shards(
         return_freed_memory()
     if split.is_sharded:
         total_parameters = sum(torch.Size(tensor.shape).numel() for tensor in tensors)
-        index = {"metadata": {"total_parameters": total_parameters, **split.metadata}, "weight_map": split.tensor_to_filename}
+        index = {
+            "metadata": {"total_parameters": total_parameters, **split.metadata},
+            "weight_map": split.tensor_to_filename,
+        }
         (folder / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return WrittenWeights(
         files=list(split.filename_to_tensors), tensors=len(tensors), bytes=sum(tensor.nbytes for tensor in tensors)

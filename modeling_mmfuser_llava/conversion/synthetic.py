@@ -56,7 +56,8 @@ def original_shapes(num_layers: int) -> dict[str, tuple[int, ...]]:
             text_config=dict(model_type="llama", vocab_size=VOCAB_SIZE, **LLAMA_7B),
             fuser_key_value_layers=tuple(SELECT_LAYERS[:-1]), vision_feature_layer=SELECT_LAYERS[-1],
         ))
-    shapes = {name: tuple(tensor.shape) for name, tensor in language_model.state_dict().items() if name != "lm_head.weight"}
+    shapes = {name: tuple(tensor.shape) for name, tensor in language_model.state_dict().items()}
+    del shapes["lm_head.weight"]  # saved last by the original, after the multimodal parts
     shapes.update({f"model.vision_tower.vision_tower.vision_model.{name}": tuple(tensor.shape)
                    for name, tensor in vision.state_dict().items()})
     shapes.update({f"model.mm_projector.0.{name}": tuple(tensor.shape) for name, tensor in fuser.state_dict().items()})
@@ -102,7 +103,10 @@ def write_synthetic_checkpoint(
     checkpoint, vision_tower = folder / "checkpoint", folder / "clip-vit-large-patch14-336"
     checkpoint.mkdir(parents=True)
     CLIPVisionConfig(**CLIP_L_336).save_pretrained(vision_tower)
-    CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(vision_tower)
+    size = CLIP_L_336["image_size"]
+    CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
+        vision_tower
+    )
     num_layers = layers_for_size(total_bytes, dtype)
     config = {
         "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama", **LLAMA_7B,

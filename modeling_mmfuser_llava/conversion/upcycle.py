@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, LlavaImageProcessorPil, LlavaProcessor
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
+    LlavaProcessor,
+)
 
 from ..configuration_mmfuser_llava import MMFuserLlavaConfig
 from ..fuser import MMFuserBlock
@@ -44,15 +50,17 @@ class UpcycleSummary:
 
     def __str__(self) -> str:
         return (
-            f"wrote {self.output_dir}\n  {self.parameters:,d} parameters, of which {self.fuser_parameters:,d} in the new "
-            f"fuser (gates at 0: outputs equal the base model's until it is trained), {self.seconds:.1f} s"
+            f"wrote {self.output_dir}\n  {self.parameters:,d} parameters, of which {self.fuser_parameters:,d} in the "
+            f"new fuser (gates at 0: outputs equal the base model's until it is trained), {self.seconds:.1f} s"
         )
 
 
 def upcycled_config(base_config, key_value_layers: tuple[int, ...] | None = None) -> MMFuserLlavaConfig:
     """The base's LlavaConfig plus the fuser; its single `vision_feature_layer` becomes the query layer."""
     if base_config.model_type != "llava":
-        raise ConversionError(f"upcycle takes a transformers Llava checkpoint (model_type 'llava'), got {base_config.model_type!r}")
+        raise ConversionError(
+            f"upcycle takes a transformers Llava checkpoint (model_type 'llava'), got {base_config.model_type!r}"
+        )
     if not isinstance(base_config.vision_feature_layer, int):
         raise ConversionError(
             f"the base uses vision_feature_layer {base_config.vision_feature_layer!r}; the fuser's query must be one "
@@ -84,7 +92,8 @@ def upcycled_processor(base_folder: Path, config: MMFuserLlavaConfig) -> LlavaPr
     if IMAGE_TOKEN not in base.tokenizer.get_vocab():
         raise ConversionError(f"the tokenizer of {base_folder} has no {IMAGE_TOKEN} token")
     vision = config.vision_config
-    processor = build_processor(base.tokenizer, vision.image_size, vision.patch_size, config.vision_feature_select_strategy)
+    strategy = config.vision_feature_select_strategy
+    processor = build_processor(base.tokenizer, vision.image_size, vision.patch_size, strategy)
     settings = {name: getattr(base.image_processor, name) for name in IMAGE_PROCESSOR_FIELDS
                 if getattr(base.image_processor, name, None) is not None}
     processor.image_processor = LlavaImageProcessorPil(**settings, do_pad=True)
