@@ -13,6 +13,8 @@ COMMANDS = (
     "train",
     "merge_lora",
     "make_synthetic_data",
+    "convert",
+    "upcycle",
 )
 
 
