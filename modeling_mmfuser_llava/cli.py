@@ -10,6 +10,11 @@ import importlib
 COMMANDS = (
     "demo",
     "visualize",
+    "train",
+    "merge_lora",
+    "make_synthetic_data",
+    "convert",
+    "upcycle",
 )
 
 

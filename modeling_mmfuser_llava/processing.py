@@ -3,7 +3,8 @@
 No custom processor class is needed, so a Hub repo's `processor_config.json` loads with plain `AutoProcessor`.
 """
 
-from transformers import LlavaImageProcessorPil, LlavaProcessor, PreTrainedTokenizerBase
+from tokenizers import pre_tokenizers
+from transformers import LlavaImageProcessorPil, LlavaProcessor, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 IMAGE_TOKEN = "<image>"
@@ -41,17 +42,42 @@ VICUNA_V1_CHAT_TEMPLATE = (
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Add `<image>` and a pad token where missing and pin LLaVA's tokenization; returns how many tokens were added.
+    """Add `<image>` and a pad token where missing and make the text after a special token start with "▁", as the
+    original's chunked tokenization does; returns how many tokens were added.
 
-    The original tokenizes the text after `<image>` as a new chunk, which starts with "▁". A Llama tokenizer does the
-    same after a special token only with `legacy=True`, and transformers 5 does not save that flag unless it is in
-    `init_kwargs`, so a reloaded tokenizer would silently drop the "▁". BOS is added, EOS is not, as in the original.
+    The original tokenizes the text on each side of `<image>` separately, so the text after it starts with
+    sentencepiece's dummy prefix "▁". A Llama tokenizer's Metaspace pre-tokenizer does the same after every special
+    token only with `prepend_scheme="always"` (transformers calls it `legacy=True`); transformers 5 defaults to
+    "first". The scheme is set on the backend itself, not only as a flag, because a flag does not survive a reload
+    and re-save (see `build_processor`). BOS is added, EOS is not, as in the original.
     """
     added = tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
         added += tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    backend = tokenizer.backend_tokenizer
+    if isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace):
+        backend.pre_tokenizer.prepend_scheme = "always"
     tokenizer.init_kwargs.update(legacy=True, add_bos_token=True, add_eos_token=False)
     return added
+
+
+def portable_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerFast:
+    """The same tokenization as a generic fast tokenizer, which saves and loads `tokenizer.json` verbatim.
+
+    A `LlamaTokenizer` rebuilds its pre-tokenizer from the `legacy` flag when loaded, and transformers 5.23 drops that
+    flag when a loaded tokenizer is saved again: the second save of a Hub folder would lose the "▁" after `<image>`.
+    The generic class has no such flag, so every later save keeps the ids.
+    """
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer,
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+        unk_token=tokenizer.unk_token,
+        pad_token=tokenizer.pad_token,
+        padding_side=tokenizer.padding_side,
+        model_max_length=tokenizer.model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def build_image_processor(image_size: int) -> LlavaImageProcessorPil:
@@ -77,7 +103,7 @@ def build_processor(
         raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token: pass it through prepare_tokenizer first")
     return LlavaProcessor(
         image_processor=build_image_processor(image_size),
-        tokenizer=tokenizer,
+        tokenizer=portable_tokenizer(tokenizer),
         patch_size=patch_size,
         vision_feature_select_strategy=vision_feature_select_strategy,
         chat_template=VICUNA_V1_CHAT_TEMPLATE,

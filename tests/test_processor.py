@@ -80,11 +80,12 @@ def test_token_ids_equal_the_originals(sentencepiece_and_processor, question):
     assert pieces == ["▁", "▁", "<0x0A>"]
 
 
-def test_token_ids_survive_save_and_reload(sentencepiece_and_processor, tmp_path):
-    """transformers 5 does not save `legacy` unless told: a reloaded tokenizer must keep the original's ids."""
+def test_token_ids_survive_save_reload_and_resave(sentencepiece_and_processor, tmp_path):
+    """transformers 5 drops a Llama tokenizer's `legacy` flag on a re-save: two save/load rounds keep the ids."""
     model, processor = sentencepiece_and_processor
-    processor.save_pretrained(tmp_path)
-    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path / "first")
+    AutoProcessor.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "second")
+    reloaded = AutoProcessor.from_pretrained(tmp_path / "second")
     prompt = reloaded.apply_chat_template(single_turn("What is in this image?"), add_generation_prompt=True)
     ids = reloaded(images=Image.new("RGB", (8, 8)), text=prompt)["input_ids"][0]
     expected = original_tokenizer_image_token(prompt, model, reloaded.tokenizer.bos_token_id)

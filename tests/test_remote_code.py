@@ -1,19 +1,27 @@
 """A Hub folder written by the project loads with trust_remote_code in a process where the package cannot be imported."""
 
+import ast
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers.dynamic_module_utils import get_relative_import_files
 
+from modeling_mmfuser_llava import configuration_mmfuser_llava, modeling_mmfuser_llava
 from modeling_mmfuser_llava.hub_folder import save_hub_folder
 
 from conftest import chat
 
-HUB_FILES = {"configuration_mmfuser_llava.py", "modeling_mmfuser_llava.py", "fuser.py", "deformable_attention.py"}
+# What save_pretrained copies next to the weights: the config and model files and everything they import relatively.
+HUB_PATHS = {
+    Path(module.__file__) for module in (configuration_mmfuser_llava, modeling_mmfuser_llava)
+} | {Path(path) for path in get_relative_import_files(modeling_mmfuser_llava.__file__)}
+HUB_FILES = {path.name for path in HUB_PATHS}
 
 # Runs in a fresh interpreter: the package is made unimportable, then everything loads from the folder alone.
 CHILD = textwrap.dedent(
@@ -93,14 +101,10 @@ def test_hub_folder_loads_with_trust_remote_code_in_a_fresh_process(tiny, images
 
 def test_hub_files_import_only_torch_transformers_and_each_other():
     """A Hub repo carries these files alone: anything else they import would be missing on the user's side."""
-    import ast
-    from pathlib import Path
-
-    import modeling_mmfuser_llava
-
-    package = Path(modeling_mmfuser_llava.__file__).parent
-    for name in HUB_FILES:
-        tree = ast.parse((package / name).read_text())
+    assert {"configuration_mmfuser_llava.py", "modeling_mmfuser_llava.py", "fuser.py"} <= HUB_FILES
+    for path in HUB_PATHS:
+        name = path.name
+        tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 roots = {alias.name.split(".")[0] for alias in node.names}

@@ -1,0 +1,24 @@
+"""`mmfuser-llava make-synthetic-data`: a small seeded LLaVA-format dataset of drawn shapes, to try training on."""
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("make-synthetic-data", help=__doc__.split(": ", 1)[1], description=__doc__)
+    parser.add_argument("output_dir", help="folder to write data.json and images/ into")
+    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--kind", choices=("captions", "instructions"), default="instructions",
+        help="captions: stage-1 style (--version plain); instructions: stage-2 style (--version v1)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.synthetic import IMAGE_DIR, make_synthetic_dataset
+
+    data = make_synthetic_dataset(args.output_dir, args.num_samples, args.seed, args.kind, overwrite=args.overwrite)
+    print(f"--data_path {data} --image_folder {data.parent / IMAGE_DIR}")
+    return 0

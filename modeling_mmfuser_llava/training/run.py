@@ -1,0 +1,109 @@
+"""One training run, stage 1 or stage 2, full or LoRA/QLoRA: what `mmfuser-llava train` does, callable from Python.
+
+Runs unchanged on one process or several (`torchrun`, `accelerate launch`, `deepspeed`): the Trainer sets up the
+process group (gloo on CPU, NCCL on GPUs), shards batches and saves from the main process.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .arguments import DataArguments, ModelArguments, TrainingArguments, check_argument_combinations
+from .data import LazySupervisedDataset, SupervisedCollator
+from .lora import add_lora_adapters, write_base_model_record
+from .model_setup import (
+    format_parameter_counts,
+    load_mm_adapter,
+    load_model_and_processor,
+    parameter_counts,
+    set_trainable_parts,
+)
+from .trainer import MMFuserTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def training_dtype(training_args: TrainingArguments) -> torch.dtype:
+    """Weights are loaded in the mixed-precision dtype, as the original did (DeepSpeed keeps float32 masters)."""
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+
+
+def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
+    """`--resume_from_checkpoint`, else the newest `checkpoint-*` in the output folder (the original's behaviour)."""
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    output_dir = Path(training_args.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is not None:
+        logger.warning("resuming from %s (found in the output folder)", last)
+    return last
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> MMFuserTrainer:
+    """Build the model and data, train, and save; returns the Trainer (its `state.log_history` holds the losses).
+
+    Output: stage 1 writes `mm_projector.safetensors` (fuser + projector) and the config; stage 2 a full
+    trust_remote_code checkpoint with its processor; LoRA the adapter folder (with the fuser and projector), ready for
+    `mmfuser-llava merge-lora`.
+    """
+    check_argument_combinations(model_args, training_args)
+    set_seed(training_args.seed)  # before the fuser and projector are initialised
+    quantization = None
+    if training_args.bits < 16:
+        quantization = dict(bits=training_args.bits, quant_type=training_args.quant_type,
+                            double_quant=training_args.double_quant)
+    model, processor = load_model_and_processor(
+        model_args, training_dtype(training_args), quantization, device=training_args.device
+    )
+    processor.tokenizer.model_max_length = training_args.model_max_length
+    processor.image_processor.do_pad = data_args.image_aspect_ratio == "pad"
+    if model_args.pretrain_mm_mlp_adapter is not None:
+        load_mm_adapter(model, model_args.pretrain_mm_mlp_adapter)
+    if training_args.lora_enable:
+        model = add_lora_adapters(model, training_args)
+    else:
+        set_trainable_parts(
+            model,
+            tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
+            freeze_backbone=model_args.freeze_backbone,
+            freeze_mm_mlp_adapter=training_args.freeze_mm_mlp_adapter,
+            unfreeze_vision_tower=model_args.unfreeze_vision_tower,
+        )
+    if training_args.process_index == 0:
+        print(f"Parameters per part:\n{format_parameter_counts(parameter_counts(model))}", flush=True)
+    dataset = LazySupervisedDataset(
+        data_args.data_path,
+        processor,
+        image_seq_length=model.config.image_seq_length,
+        model_max_length=training_args.model_max_length,
+        version=model_args.version,
+        image_folder=data_args.image_folder,
+        skip_overlong_samples=data_args.skip_overlong_samples,
+    )
+    if training_args.ddp_find_unused_parameters is None and any(length < 0 for length in dataset.modality_lengths):
+        # A batch of text-only samples leaves the vision side without gradients, which plain DDP rejects by default
+        # when activation checkpointing is on.
+        training_args.ddp_find_unused_parameters = True
+    trainer = MMFuserTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=SupervisedCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        mm_adapter_only=model_args.tune_mm_mlp_adapter,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
+    trainer.save_state()
+    model.config.use_cache = True  # the Trainer turned it off for training; the saved model generates with it
+    trainer.save_model()
+    if training_args.lora_enable and training_args.should_save:
+        write_base_model_record(training_args.output_dir, model_args)
+    return trainer
+
+
+__all__ = ["checkpoint_to_resume", "run_training", "training_dtype"]

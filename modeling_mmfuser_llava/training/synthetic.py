@@ -1,0 +1,107 @@
+"""A seeded synthetic dataset in the LLaVA JSON format: shapes drawn with PIL, questions the picture alone answers.
+
+Small enough to train on a CPU in seconds, and learnable: a model that reads the image can drive its loss down (the
+shape, colour and count are in the picture only). Two layouts, matching the two stages:
+- "captions": one image and one caption per sample (LLaVA-Pretrain style, for `--version plain`);
+- "instructions": one or two question/answer rounds per image, plus some text-only samples (mix665k style, `v1`).
+"""
+
+import json
+import random
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, ImageDraw
+
+from ..hub_folder import staged_output
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40)}
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+COUNT_WORDS = ("one", "two", "three")
+TEXT_ONLY = (
+    ("how many sides has a square", "four"),
+    ("how many sides has a triangle", "three"),
+    ("which colour is the sun", "yellow"),
+)
+DATA_FILE = "data.json"
+IMAGE_DIR = "images"
+
+
+def draw_scene(rng: random.Random, shape: str, colour: str, count: int, background: str) -> Image.Image:
+    """`count` shapes of one kind and colour on a plain background, in a picture of random (non-square) size."""
+    width, height = rng.randint(28, 56), rng.randint(28, 56)
+    image = Image.new("RGB", (width, height), BACKGROUNDS[background])
+    draw = ImageDraw.Draw(image)
+    cell = width // count
+    largest = min(cell, height) - 2  # shapes of a picture never overlap and stay inside it
+    for position in range(count):
+        size = rng.randint(largest // 2, largest)
+        left = position * cell + rng.randint(0, max(0, cell - size))
+        top = rng.randint(0, height - size)
+        box = (left, top, left + size, top + size)
+        if shape == "circle":
+            draw.ellipse(box, fill=COLOURS[colour])
+        elif shape == "square":
+            draw.rectangle(box, fill=COLOURS[colour])
+        else:
+            draw.polygon([(left + size / 2, top), (left, top + size), (left + size, top + size)], fill=COLOURS[colour])
+    return image
+
+
+def describe_scene(shape: str, colour: str, count: int) -> str:
+    return f"{COUNT_WORDS[count - 1]} {colour} {shape}{'s' if count > 1 else ''}"
+
+
+def make_synthetic_dataset(
+    output_dir: str | Path,
+    num_samples: int = 64,
+    seed: int = 0,
+    kind: Literal["captions", "instructions"] = "instructions",
+    text_only_fraction: float = 0.15,
+    overwrite: bool = False,
+) -> Path:
+    """Write `output_dir/data.json` and `output_dir/images/*.png`; returns the JSON path.
+
+    Use `--data_path OUT/data.json --image_folder OUT/images`. The same seed gives the same files.
+    """
+    if kind not in ("captions", "instructions"):
+        raise ValueError(f"kind must be 'captions' or 'instructions', got {kind!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    rng = random.Random(seed)
+    samples = []
+    with staged_output(output_dir, overwrite) as staging:
+        (staging / IMAGE_DIR).mkdir()
+        for index in range(num_samples):
+            sample_id = f"synthetic-{index:05d}"
+            if kind == "instructions" and rng.random() < text_only_fraction:
+                question, answer = rng.choice(TEXT_ONLY)
+                samples.append({"id": sample_id, "conversations": turns((question, answer))})
+                continue
+            shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+            count, background = rng.randint(1, 3), rng.choice(list(BACKGROUNDS))
+            draw_scene(rng, shape, colour, count, background).save(staging / IMAGE_DIR / f"{sample_id}.png")
+            if kind == "captions":
+                rounds = [("describe the picture", f"{describe_scene(shape, colour, count)} on {background}")]
+            else:
+                rounds = [("what is in this image", describe_scene(shape, colour, count))]
+                follow_ups = [
+                    ("how many shapes are there", COUNT_WORDS[count - 1]),
+                    (f"which colour is the {shape}", colour),
+                ]
+                if rng.random() < 0.5:
+                    rounds.append(rng.choice(follow_ups))
+            conversation = turns(*rounds)
+            conversation[0]["value"] = f"<image>\n{conversation[0]['value']}"
+            samples.append({"id": sample_id, "image": f"{sample_id}.png", "conversations": conversation})
+        (staging / DATA_FILE).write_text(json.dumps(samples, indent=1) + "\n")
+    return Path(output_dir) / DATA_FILE
+
+
+def turns(*rounds: tuple[str, str]) -> list[dict[str, str]]:
+    return [turn for question, answer in rounds for turn in ({"from": "human", "value": question},
+                                                             {"from": "gpt", "value": answer})]
+
+
+__all__ = ["DATA_FILE", "IMAGE_DIR", "make_synthetic_dataset"]

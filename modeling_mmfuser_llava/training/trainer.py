@@ -1,0 +1,71 @@
+"""`transformers.Trainer` with the three changes MMFuser training needs, each a documented Trainer override point.
+
+- `create_optimizer`: the fuser's parameters get their own learning rate (`--ms_cross_attn_lr`, the 13B stage 1).
+- `_get_train_sampler`: LLaVA's `--group_by_modality_length` order.
+- `_save` / `_load_from_checkpoint`: in stage 1 a checkpoint and the final output hold the fuser and projector only
+  (one safetensors file, not a copy of the frozen 7B/13B LLM), and resuming reads them back from it.
+"""
+
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from .data import ModalityLengthGroupedSampler
+from .model_setup import FUSER, MM_PROJECTOR_FILE, in_part, load_mm_adapter, save_mm_adapter
+
+
+class MMFuserTrainer(Trainer):
+    def __init__(self, *args, mm_adapter_only: bool = False, **kwargs):
+        """`mm_adapter_only`: stage 1, where only the fuser and projector train and get saved."""
+        self.mm_adapter_only = mm_adapter_only
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer; with `ms_cross_attn_lr`, each group's fuser parameters move to a twin group."""
+        optimizer = super().create_optimizer(model)
+        fuser_lr = self.args.ms_cross_attn_lr
+        if fuser_lr is None or any(group.get("fuser_group") for group in optimizer.param_groups):
+            return optimizer
+        opt_model = self.model if model is None else model
+        fuser_ids = {id(p) for name, p in opt_model.named_parameters() if in_part(name, (FUSER,))}
+        for group in list(optimizer.param_groups):
+            fuser_params = [p for p in group["params"] if id(p) in fuser_ids]
+            if fuser_params:
+                group["params"] = [p for p in group["params"] if id(p) not in fuser_ids]
+                settings = {key: value for key, value in group.items() if key != "params"}
+                optimizer.add_param_group({**settings, "params": fuser_params, "lr": fuser_lr, "fuser_group": True})
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.args.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return ModalityLengthGroupedSampler(
+            dataset.modality_lengths,
+            batch_size=self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            seed=self.args.seed,
+        )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.mm_adapter_only:
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        save_mm_adapter(state_dict if state_dict is not None else model.state_dict(), output_dir / MM_PROJECTOR_FILE)
+        model.config.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        adapter_file = Path(resume_from_checkpoint) / MM_PROJECTOR_FILE
+        if self.mm_adapter_only and adapter_file.is_file():
+            load_mm_adapter(self.model if model is None else model, adapter_file)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+__all__ = ["MMFuserTrainer"]

@@ -1,0 +1,142 @@
+"""Upcycling a transformers Llava checkpoint: a fresh fuser (gates 0) leaves the base model's outputs exactly as they
+were."""
+
+import copy
+
+import pytest
+import torch
+from conftest import chat, perturb_fuser
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from modeling_mmfuser_llava import MMFuserLlavaConfig
+from modeling_mmfuser_llava.cli import main
+from modeling_mmfuser_llava.conversion import ConversionError
+from modeling_mmfuser_llava.conversion.upcycle import fresh_fuser, upcycle_llava, upcycled_config
+from modeling_mmfuser_llava.deformable_attention import sampling_offset_bias
+from modeling_mmfuser_llava.processing import VICUNA_V1_CHAT_TEMPLATE
+from modeling_mmfuser_llava.tiny import build_tiny_tokenizer
+
+IMAGE_MEAN = (0.5, 0.4, 0.3)  # not CLIP's: the upcycled processor must keep the base's settings
+
+
+def tiny_llava_config(**overrides) -> LlavaConfig:
+    tokenizer = build_tiny_tokenizer()
+    settings = dict(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=24,
+                                       num_attention_heads=4, image_size=32, patch_size=4),
+        text_config=LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+                                pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=64,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    return LlavaConfig(**{**settings, **overrides}), tokenizer
+
+
+@pytest.fixture(scope="module")
+def base_folder(tmp_path_factory):
+    """A seeded tiny Llava, saved by transformers (the older llava-hf key layout) with a LlavaProcessor."""
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    config, tokenizer = tiny_llava_config()
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=IMAGE_MEAN
+    )
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def upcycled(base_folder, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("upcycled") / "mmfuser"
+    upcycle_llava(base_folder, output_dir)
+    return output_dir
+
+
+def test_upcycled_model_equals_the_base_exactly(base_folder, upcycled, images):
+    base = LlavaForConditionalGeneration.from_pretrained(base_folder).eval()
+    model = AutoModelForImageTextToText.from_pretrained(upcycled, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(upcycled)
+    inputs = chat(processor, ["what is in this image", "which colour is the circle", "how many"], images)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, base(**inputs).logits)
+        assert torch.equal(
+            model.generate(**inputs, max_new_tokens=5, do_sample=False),
+            base.generate(**inputs, max_new_tokens=5, do_sample=False),
+        )
+        # ...because the gates are closed, not because the fuser is bypassed: opened gates change the outputs.
+        trained = copy.deepcopy(model)
+        perturb_fuser(trained)
+        assert not torch.allclose(trained(**inputs).logits, base(**inputs).logits, atol=1e-3)
+
+
+def test_fresh_fuser_has_the_original_initialisation(upcycled):
+    model = AutoModelForImageTextToText.from_pretrained(upcycled, trust_remote_code=True)
+    fuser = model.model.fuser
+    assert torch.equal(fuser.gamma1, torch.zeros(32)) and torch.equal(fuser.gamma2, torch.zeros(32))
+    for attention, levels in ((fuser.cross_attn, 4), (fuser.self_attn, 1)):
+        assert torch.equal(attention.sampling_offsets.weight, torch.zeros_like(attention.sampling_offsets.weight))
+        assert torch.equal(attention.sampling_offsets.bias, sampling_offset_bias(16, levels, 4))
+        assert not attention.attention_weights.weight.any() and not attention.attention_weights.bias.any()
+        for projection in (attention.value_proj, attention.output_proj):
+            bound = (6 / sum(projection.weight.shape)) ** 0.5  # Xavier-uniform
+            assert 0.5 * bound < projection.weight.abs().max() <= bound and not projection.bias.any()
+    for norm in (fuser.query_norm, fuser.feat_norm, fuser.norm1):
+        assert torch.equal(norm.weight, torch.ones(32)) and not norm.bias.any()
+
+
+def test_fresh_fuser_is_seeded(upcycled):
+    model = AutoModelForImageTextToText.from_pretrained(upcycled, trust_remote_code=True)
+    state = torch.random.get_rng_state()
+    first, again, other = (fresh_fuser(model, seed, torch.float32).state_dict() for seed in (0, 0, 1))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not torch.equal(first["cross_attn.value_proj.weight"], other["cross_attn.value_proj.weight"])
+
+
+def test_upcycled_processor_keeps_the_base_settings_and_pads(base_folder, upcycled):
+    base, processor = AutoProcessor.from_pretrained(base_folder), AutoProcessor.from_pretrained(upcycled)
+    assert processor.chat_template == VICUNA_V1_CHAT_TEMPLATE
+    assert processor.image_processor.do_pad is True
+    assert tuple(processor.image_processor.image_mean) == IMAGE_MEAN
+    assert processor.image_processor.size == base.image_processor.size
+    text = "USER: <image>\nwhat is red ASSISTANT:"
+    assert processor.tokenizer(text).input_ids == base.tokenizer(text).input_ids
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(vision_feature_layer=[-2, -1]), "vision_feature_layer"),
+        (dict(vision_feature_select_strategy="full"), "vision_feature_select_strategy"),
+        (dict(image_seq_length=65), "image_seq_length"),
+    ],
+)
+def test_bases_the_fuser_cannot_extend_are_refused(overrides, message):
+    config, _ = tiny_llava_config(**overrides)
+    with pytest.raises(ConversionError, match=message):
+        upcycled_config(config)
+
+
+def test_upcycle_command_with_push_dry_run(base_folder, tmp_path, capsys):
+    output_dir = tmp_path / "upcycled"
+    assert main(["upcycle", "--base", str(base_folder), "--output", str(output_dir),
+                 "--key-value-layers=-20,-10", "--push-to-hub", "someone/llava-mmfuser", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {output_dir}" in printed and "would upload to someone/llava-mmfuser" in printed
+    assert MMFuserLlavaConfig.from_pretrained(output_dir).fuser_key_value_layers == (-20, -10)
+    assert main(["upcycle", "--base", str(base_folder), "--output", str(output_dir)]) == 2  # OUT exists now
+    assert "not empty" in capsys.readouterr().err

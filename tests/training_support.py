@@ -1,0 +1,102 @@
+"""Helpers and fixtures shared by the training tests: tiny starting checkpoints, small datasets, run arguments."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import CLIPVisionModel, LlamaForCausalLM, LlamaTokenizer
+
+from modeling_mmfuser_llava.demo import write_tiny_hub_folder
+from modeling_mmfuser_llava.tiny import build_tiny_model, train_tiny_sentencepiece
+from modeling_mmfuser_llava.training import make_synthetic_dataset, parse_arguments, run_training
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model trains fastest on one thread, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The seeded tiny model as a Hub folder: the starting checkpoint of most runs. Do not write into it."""
+    return write_tiny_hub_folder(tmp_path_factory.mktemp("start") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def instructions(tmp_path_factory) -> Path:
+    """A synthetic stage-2 dataset (multi-turn and text-only samples); returns data.json's path."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "instructions", num_samples=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def captions(tmp_path_factory) -> Path:
+    """A synthetic stage-1 dataset (one image and caption per sample); returns data.json's path."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "captions", num_samples=16, seed=1, kind="captions")
+
+
+@pytest.fixture(scope="session")
+def base_parts(tmp_path_factory) -> tuple[Path, Path]:
+    """A base Llama LLM folder (plain sentencepiece tokenizer: no <image>, no pad) and a CLIP vision folder."""
+    model, _ = build_tiny_model(seed=3)
+    root = tmp_path_factory.mktemp("base")
+    (root / "sp").mkdir()
+    (root / "sp" / "tokenizer.model").write_bytes(train_tiny_sentencepiece(seed=3))
+    tokenizer = LlamaTokenizer.from_pretrained(root / "sp", legacy=True)
+    text_config = model.config.text_config
+    text_config.vocab_size = len(tokenizer)
+    text_config.pad_token_id = None
+    llm = LlamaForCausalLM(text_config)
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    CLIPVisionModel(model.config.vision_config).save_pretrained(root / "clip")
+    return root / "llm", root / "clip"
+
+
+def training_argv(output_dir: Path, model: Path, data: Path, *extra: str, steps: int = 4) -> list[str]:
+    """A short CPU run without checkpoints or progress bars; `extra` flags override."""
+    return [
+        "--model_name_or_path", str(model),
+        "--data_path", str(data),
+        "--image_folder", str(data.parent / "images"),
+        "--output_dir", str(output_dir),
+        "--max_steps", str(steps),
+        "--per_device_train_batch_size", "2",
+        "--learning_rate", "3e-3",
+        "--logging_steps", "1",
+        "--save_strategy", "no",
+        "--use_cpu", "True",
+        "--disable_tqdm", "True",
+        "--seed", "0",
+        *extra,
+    ]
+
+
+def train(*argv: str):
+    """Run training as the CLI does; returns the Trainer."""
+    return run_training(*parse_arguments(list(argv)))
+
+
+def losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a saved folder's safetensors files."""
+    return {key: value for path in sorted(folder.glob("*.safetensors")) for key, value in load_file(path).items()}
+
+
+def write_dataset(folder: Path, records: list[dict], images: dict[str, Image.Image] | None = None) -> Path:
+    """`records` as data.json, `images` saved under folder/images; returns data.json's path."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for name, image in (images or {}).items():
+        image.save(folder / "images" / name)
+    path = folder / "data.json"
+    path.write_text(json.dumps(records))
+    return path
