@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
     dtypes = [torch.float32] if arguments.quick else [torch.float32, torch.bfloat16]
+    # Rounds: a few for the long calls, more (2 * rounds + 1) where a ratio near 1 must be resolved to a few percent.
     rounds = 2 if arguments.quick else 3
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
@@ -60,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         steps += [
             lambda dtype=dtype: measure_fuser(dtype, 1, rounds=2 * rounds + 1),
             lambda dtype=dtype: measure_fuser(dtype, 8, rounds=rounds),
-            lambda dtype=dtype: measure_vision_path(dtype, 1, rounds),
+            lambda dtype=dtype: measure_vision_path(dtype, 1, 2 * rounds + 1),
         ]
         if arguments.vision_batch_8:
             steps.append(lambda dtype=dtype: measure_vision_path(dtype, 8, 2))
-        steps.append(lambda dtype=dtype: measure_generation(dtype, rounds, arguments.new_tokens))
+        steps.append(lambda dtype=dtype: measure_generation(dtype, 2 * rounds + 1, arguments.new_tokens))
     if not arguments.quick:
         steps.append(measure_footprints)
     results = []
