@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="float32 only, fewer rounds, no footprint (~2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="float32 only, fewer rounds, no footprint (a few minutes)")
     parser.add_argument("--vision-batch-8", action="store_true", help="also time (c) at batch 8 (adds minutes)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per call in (d)")
