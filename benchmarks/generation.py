@@ -4,6 +4,7 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
+from modeling_mmfuser_llava.conversion.upcycle import share_llava_parts
 
 from .configs import IMAGE_TOKEN_ID, IMAGE_TOKENS, SMALL_LM, model_configs, random_pixels
 from .fuser import fuser_inputs
@@ -23,10 +24,7 @@ def generation_models(
     mmfuser = MMFuserLlavaForConditionalGeneration(mmfuser_config)
     with torch.device("meta"):
         plain = LlavaForConditionalGeneration(llava_config)
-    plain.model.vision_tower = mmfuser.model.vision_tower
-    plain.model.multi_modal_projector = mmfuser.model.multi_modal_projector
-    plain.model.language_model = mmfuser.model.language_model
-    plain.lm_head = mmfuser.lm_head
+    share_llava_parts(mmfuser, plain)
     return mmfuser.to(dtype).eval(), plain.to(dtype).eval()
 
 
