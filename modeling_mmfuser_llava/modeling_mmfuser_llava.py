@@ -8,7 +8,13 @@ Hub-facing: imports only torch, transformers and the project's other Hub files.
 
 import torch
 from torch import nn
-from transformers import AutoModel, LlavaForConditionalGeneration, LlavaModel, LlavaPreTrainedModel
+from transformers import (
+    AutoModel,
+    BitsAndBytesConfig,
+    LlavaForConditionalGeneration,
+    LlavaModel,
+    LlavaPreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
@@ -22,6 +28,23 @@ from .fusion_variants import build_fuser, build_projector, init_fusion_variant_w
 class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
     config: MMFuserLlavaConfig
     _no_split_modules = ["MMFuserBlock", "MMFuserAttentionVariantBlock"]
+    # Module paths (anchored at the model's root, as bitsandbytes matches them) kept out of bitsandbytes quantization
+    # when the user's BitsAndBytesConfig names no llm_int8_skip_modules: only the language model is quantized.
+    _modules_kept_unquantized: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pretrained(cls, *args, quantization_config=None, **kwargs):
+        """`from_pretrained`, with the vision tower, fuser, projector (and lm_head) unquantized under bitsandbytes.
+
+        transformers would quantize every Linear but lm_head; `_keep_in_fp32_modules`, the hook its quantizers read,
+        would also upcast those modules to float32 in a float16 load (breaking lm_head) and override an explicit skip
+        list. So the default list is filled in here, only when the user gave none: an explicit list is used as is.
+        """
+        if isinstance(quantization_config, BitsAndBytesConfig) and quantization_config.llm_int8_skip_modules is None:
+            quantization_config = BitsAndBytesConfig.from_dict(
+                {**quantization_config.to_dict(), "llm_int8_skip_modules": list(cls._modules_kept_unquantized)}
+            )
+        return super().from_pretrained(*args, quantization_config=quantization_config, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         """The original initialisation; here, not in `__init__`, so that `from_pretrained` keeps it for missing weights.
@@ -55,6 +78,7 @@ class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
 
 class MMFuserLlavaModel(MMFuserLlavaPreTrainedModel, LlavaModel):
     config: MMFuserLlavaConfig
+    _modules_kept_unquantized = ("vision_tower", "fuser", "multi_modal_projector")
 
     def __init__(self, config: MMFuserLlavaConfig):
         # LlavaModel.__init__ would run post_init before the fuser exists: build the same parts plus the fuser here.
@@ -101,6 +125,7 @@ class MMFuserLlavaModel(MMFuserLlavaPreTrainedModel, LlavaModel):
 
 class MMFuserLlavaForConditionalGeneration(MMFuserLlavaPreTrainedModel, LlavaForConditionalGeneration):
     config: MMFuserLlavaConfig
+    _modules_kept_unquantized = (*(f"model.{name}" for name in MMFuserLlavaModel._modules_kept_unquantized), "lm_head")
 
     def __init__(self, config: MMFuserLlavaConfig):
         LlavaPreTrainedModel.__init__(self, config)

@@ -68,18 +68,14 @@ def test_bfloat16_block_samples_in_float32():
     """Under bf16 the sampling core still runs in float32 (the original casts), so bf16 stays close to float32."""
     block, features, expected = block_for_fixture(SMALL_FIXTURE)
     seen = []
-    handle = torch.nn.functional.grid_sample
-    def spy(*args, **kwargs):
-        seen.append(args[0].dtype)
-        return handle(*args, **kwargs)
     block = block.to(torch.bfloat16)
-    torch.nn.functional.grid_sample = spy
-    try:
-        with torch.no_grad():
-            fused = block(features[-1].bfloat16(), [f.bfloat16() for f in features[:-1]])
-    finally:
-        torch.nn.functional.grid_sample = handle
-    assert seen and set(seen) == {torch.float32}
+    for attention in (block.cross_attn, block.self_attn):
+        attention.sampling.register_forward_pre_hook(
+            lambda module, inputs: seen.extend(inputs[i].dtype for i in (0, 4, 5))  # value, locations, weights
+        )
+    with torch.no_grad():
+        fused = block(features[-1].bfloat16(), [f.bfloat16() for f in features[:-1]])
+    assert len(seen) == 6 and set(seen) == {torch.float32}
     assert fused.dtype == torch.bfloat16
     relative = (fused.float() - expected).norm() / expected.norm()
     assert relative < 2e-2

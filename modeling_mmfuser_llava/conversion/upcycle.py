@@ -55,6 +55,14 @@ class UpcycleSummary:
         )
 
 
+def share_llava_parts(source: LlavaForConditionalGeneration, target: LlavaForConditionalGeneration) -> None:
+    """Give `target` the very modules (not copies) of `source`'s vision tower, projector, language model and lm_head."""
+    target.model.vision_tower = source.model.vision_tower
+    target.model.multi_modal_projector = source.model.multi_modal_projector
+    target.model.language_model = source.model.language_model
+    target.lm_head = source.lm_head
+
+
 def upcycled_config(base_config, key_value_layers: tuple[int, ...] | None = None) -> MMFuserLlavaConfig:
     """The base's LlavaConfig plus the fuser; its single `vision_feature_layer` becomes the query layer."""
     if base_config.model_type != "llava":
@@ -127,10 +135,7 @@ def upcycle_llava(
     base_model = LlavaForConditionalGeneration.from_pretrained(base_folder, dtype="auto").eval()
     with torch.device("meta"):
         model = MMFuserLlavaForConditionalGeneration(config)
-    model.model.vision_tower = base_model.model.vision_tower
-    model.model.multi_modal_projector = base_model.model.multi_modal_projector
-    model.model.language_model = base_model.model.language_model
-    model.lm_head = base_model.lm_head
+    share_llava_parts(base_model, model)
     model.model.fuser = fresh_fuser(model, seed, base_model.dtype)
     model.generation_config = copy.deepcopy(base_model.generation_config)
     model.eval()
@@ -150,4 +155,4 @@ def upcycle_llava(
     )
 
 
-__all__ = ["UpcycleSummary", "fresh_fuser", "upcycle_llava", "upcycled_config", "upcycled_processor"]
+__all__ = ["UpcycleSummary", "fresh_fuser", "share_llava_parts", "upcycle_llava", "upcycled_config", "upcycled_processor"]

@@ -1,0 +1,81 @@
+"""(d) `generate` tokens per second of MMFuser-LLaVA against plain LLaVA-1.5 holding the same weights."""
+
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
+from modeling_mmfuser_llava.conversion.upcycle import share_llava_parts
+
+from .configs import IMAGE_TOKEN_ID, IMAGE_TOKENS, SMALL_LM, model_configs, random_pixels
+from .fuser import fuser_inputs
+from .timing import Result, interleaved_times
+
+
+def generation_models(
+    dtype: torch.dtype, seed: int = 0
+) -> tuple[MMFuserLlavaForConditionalGeneration, LlavaForConditionalGeneration]:
+    """MMFuser-LLaVA (CLIP-L/336, small Llama) and a plain Llava sharing its tower, projector and language model.
+
+    The fuser keeps its initial zero gates, so both models compute the same logits and generate the same tokens
+    (checked), while the fuser still does all of its work.
+    """
+    mmfuser_config, llava_config = model_configs(**SMALL_LM)
+    torch.manual_seed(seed)
+    mmfuser = MMFuserLlavaForConditionalGeneration(mmfuser_config)
+    with torch.device("meta"):
+        plain = LlavaForConditionalGeneration(llava_config)
+    share_llava_parts(mmfuser, plain)
+    return mmfuser.to(dtype).eval(), plain.to(dtype).eval()
+
+
+def prompt_inputs(batch: int, dtype: torch.dtype, text_tokens: int = 40) -> dict[str, torch.Tensor]:
+    """A LLaVA-1.5-shaped prompt per image: text, the 576 image tokens, a question."""
+    generator = torch.Generator().manual_seed(0)
+    before, after = (torch.randint(3, 32000, (batch, count), generator=generator) for count in (25, text_tokens - 25))
+    image = torch.full((batch, IMAGE_TOKENS), IMAGE_TOKEN_ID)
+    input_ids = torch.cat([torch.ones(batch, 1, dtype=torch.long), before, image, after], 1)
+    pixel_values = random_pixels(batch, dtype)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixel_values}
+
+
+def measure_generation(dtype: torch.dtype, rounds: int, new_tokens: int) -> list[Result]:
+    mmfuser, plain = generation_models(dtype)
+    inputs = prompt_inputs(1, dtype)
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    query, keys_values = fuser_inputs(mmfuser.model.fuser, 1, dtype)
+    outputs = {}
+
+    def generate(name: str, model) -> None:
+        outputs[name] = model.generate(**inputs, **settings)
+
+    with torch.inference_mode():
+        times = interleaved_times(
+            {
+                "mmfuser": lambda: generate("mmfuser", mmfuser),
+                "plain": lambda: generate("plain", plain),
+                "fuser": lambda: mmfuser.model.fuser(query, keys_values),  # runs once per generate call
+            },
+            rounds,
+            warmup=0,
+        )
+    if not torch.equal(outputs["mmfuser"], outputs["plain"]):
+        raise AssertionError("the two models generated different tokens: they do not hold the same weights")
+    setting = f"{str(dtype).removeprefix('torch.')}, batch 1, {new_tokens} new tokens"
+
+    def tokens_per_second(milliseconds: float) -> str:
+        return f"{new_tokens / (milliseconds / 1e3):.2f} tok/s"
+
+    plain = tokens_per_second(times.median_ms("plain"))
+    return [
+        Result(
+            "(d) generate tokens/s, MMFuser / plain Llava", setting, tokens_per_second(times.median_ms("mmfuser")),
+            plain, 1 / times.median_ratio("mmfuser", "plain"), 1 / times.median_ratio("mmfuser", "plain", "cpu"),
+            ">= 0.98",
+        ),
+        Result(
+            "(d) generate tokens/s, 1 / (1 + fuser / plain generate)", setting,
+            tokens_per_second(times.median_ms("plain") + times.median_ms("fuser")), plain,
+            1 / (1 + times.median_ratio("fuser", "plain")), 1 / (1 + times.median_ratio("fuser", "plain", "cpu")),
+            ">= 0.98",
+        ),
+    ]

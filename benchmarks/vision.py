@@ -1,0 +1,67 @@
+"""(c) the vision path (tower, fuser, projector) of MMFuser-LLaVA against plain LLaVA-1.5's (tower, projector)."""
+
+import torch
+from transformers import AutoModel, LlavaModel
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from modeling_mmfuser_llava import MMFuserLlavaModel
+
+from .configs import VICUNA_7B, model_configs, random_pixels
+from .fuser import clip_l336_fuser, fuser_inputs
+from .timing import Result, interleaved_times
+
+
+def vision_paths(dtype: torch.dtype, seed: int = 0) -> tuple[MMFuserLlavaModel, LlavaModel]:
+    """Both models over the same CLIP-L/336 tower and LLaVA-1.5-7B projector (1024 -> 4096 -> 4096).
+
+    They are built on the meta device and given real modules for what `get_image_features` uses: no language model.
+    """
+    mmfuser_config, llava_config = model_configs(**VICUNA_7B)
+    torch.manual_seed(seed)
+    vision_tower = AutoModel.from_config(mmfuser_config.vision_config)
+    projector = LlavaMultiModalProjector(mmfuser_config)
+    with torch.device("meta"):
+        mmfuser, plain = MMFuserLlavaModel(mmfuser_config), LlavaModel(llava_config)
+    mmfuser.vision_tower, mmfuser.fuser, mmfuser.multi_modal_projector = vision_tower, clip_l336_fuser(dtype), projector
+    plain.vision_tower, plain.multi_modal_projector = vision_tower, projector
+    for model in (mmfuser, plain):
+        del model.language_model  # still on the meta device; get_image_features never calls it
+    return mmfuser.to(dtype).eval(), plain.to(dtype).eval()
+
+
+def measure_vision_path(dtype: torch.dtype, batch: int, rounds: int) -> list[Result]:
+    """The direct ratio, and 1 + fuser / plain path from the same rounds (the fuser alone is timed several times
+    per round: on a noisy machine this resolves a few percent far better than the difference of two long calls)."""
+    mmfuser, plain = vision_paths(dtype)
+    pixels = random_pixels(batch, dtype)
+    query, keys_values = fuser_inputs(mmfuser.fuser, batch, dtype)
+    fuser_repeats = 4
+
+    def fuser_alone() -> None:
+        for _ in range(fuser_repeats):
+            mmfuser.fuser(query, keys_values)
+
+    with torch.inference_mode():
+        times = interleaved_times(
+            {
+                "mmfuser": lambda: mmfuser.get_image_features(pixels),
+                "plain": lambda: plain.get_image_features(pixels),
+                "fuser": fuser_alone,
+            },
+            rounds,
+        )
+    times.scale("fuser", 1 / fuser_repeats)
+    setting = f"{str(dtype).removeprefix('torch.')}, batch {batch}"
+    plain_ms = f"{times.median_ms('plain'):.0f} ms"
+    return [
+        Result(
+            "(c) vision path with fuser / without (plain Llava), direct", setting,
+            f"{times.median_ms('mmfuser'):.0f} ms", plain_ms, times.median_ratio("mmfuser", "plain"),
+            times.median_ratio("mmfuser", "plain", "cpu"), "<= 1.03",
+        ),
+        Result(
+            "(c) vision path, 1 + fuser / plain path", setting,
+            f"{times.median_ms('plain') + times.median_ms('fuser'):.0f} ms", plain_ms,
+            1 + times.median_ratio("fuser", "plain"), 1 + times.median_ratio("fuser", "plain", "cpu"), "<= 1.03",
+        ),
+    ]
