@@ -6,8 +6,8 @@ Hub-facing: imports only transformers, so a Hub repo can carry this file alone.
 from transformers import LlavaConfig
 from transformers.configuration_utils import strict  # huggingface_hub's, re-exported: Hub files import transformers only
 
-# The paper's fusion methods: its MMFuser block (default) and Table I's simple fusions.
-FUSER_FUSIONS = ("mmfuser", "concat", "average", "weighted_average")
+# The paper's fusion methods: its MMFuser block (default), Table I's simple fusions, and the single-layer baseline.
+FUSER_FUSIONS = ("mmfuser", "concat", "average", "weighted_average", "none")
 # Attention inside the MMFuser block: the default, and Table VII's global attention and linear SRA.
 FUSER_ATTENTION_TYPES = ("deformable", "global", "linear_sra")
 
@@ -54,6 +54,7 @@ class MMFuserLlavaConfig(LlavaConfig):
             - `"average"`: the element-wise mean of the layers; no parameters, so it cannot start as the query layer.
             - `"weighted_average"`: `sum_i w_i * layer_i` with one learnable scalar per layer, initialised to 1 for the
               query layer and 0 elsewhere, so training starts from the query layer exactly.
+            - `"none"`: the query layer alone, i.e. LLaVA-1.5 (the baseline of the paper's comparisons).
     """
 
     model_type = "mmfuser_llava"

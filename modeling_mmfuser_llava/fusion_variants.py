@@ -1,5 +1,6 @@
 """The paper's alternatives to the default fuser, chosen by `fuser_fusion` and `fuser_attention_type`.
 
+- The single-layer baseline (`"none"`: the query layer alone, LLaVA-1.5 itself).
 - Table I's simple fusions of the selected layers (key/value layers, then the query layer): channel concatenation,
   average, learnable weighted average.
 - Table VII's attention types inside the MMFuser block: global multi-head attention and PVTv2's linear
@@ -98,6 +99,13 @@ class MMFuserAttentionVariantBlock(MMFuserBlock):
             setattr(self, name, attention)
 
 
+class MMFuserQueryLayer(nn.Module):
+    """The query layer alone, as LLaVA-1.5 feeds its projector: the single-layer baseline the paper compares with."""
+
+    def forward(self, query: torch.Tensor, keys_values: list[torch.Tensor]) -> torch.Tensor:
+        return query
+
+
 class MMFuserConcat(nn.Module):
     """Channel concatenation of the key/value layers and the query layer, in that order (no parameters)."""
 
@@ -152,6 +160,8 @@ def build_fuser(config: MMFuserLlavaConfig) -> nn.Module:
         return MMFuserBlock(config)
     if config.fuser_fusion == "mmfuser":
         return MMFuserAttentionVariantBlock(config)
+    if config.fuser_fusion == "none":
+        return MMFuserQueryLayer()
     if config.fuser_fusion == "concat":
         return MMFuserConcat()
     if config.fuser_fusion == "average":
@@ -185,6 +195,7 @@ __all__ = [
     "MMFuserConcatProjector",
     "MMFuserGlobalAttention",
     "MMFuserLinearSRAttention",
+    "MMFuserQueryLayer",
     "MMFuserWeightedAverage",
     "build_fuser",
     "build_projector",

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
 from modeling_mmfuser_llava.tiny import build_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,23 @@ def assert_original_initialisation(fuser) -> None:
             direction = direction / direction.abs().max()
             for point in range(points):
                 torch.testing.assert_close(bias[head, :, point], (point + 1) * direction.expand(levels, 2))
+
+
+def plain_llava_with_same_weights(model: MMFuserLlavaForConditionalGeneration) -> LlavaForConditionalGeneration:
+    """A stock Llava holding the same vision tower, projector and language model (everything but the fuser)."""
+    config = model.config
+    llava_config = LlavaConfig(
+        vision_config=config.vision_config.to_dict(),
+        text_config=config.text_config.to_dict(),
+        image_token_index=config.image_token_index,
+        image_seq_length=config.image_seq_length,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+    )
+    llava = LlavaForConditionalGeneration(llava_config).eval()
+    state = {key: value for key, value in model.state_dict().items() if not key.startswith("model.fuser.")}
+    llava.load_state_dict(state, strict=True)
+    return llava
 
 
 @pytest.fixture(scope="session")

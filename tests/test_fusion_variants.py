@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from conftest import chat, perturb_fuser
+from conftest import chat, perturb_fuser, plain_llava_with_same_weights
 from modeling_mmfuser_llava import MMFuserLlavaConfig
 from modeling_mmfuser_llava.fuser import MMFuserBlock
 from modeling_mmfuser_llava.fusion_variants import (
@@ -22,6 +22,7 @@ from modeling_mmfuser_llava.fusion_variants import (
     MMFuserConcat,
     MMFuserGlobalAttention,
     MMFuserLinearSRAttention,
+    MMFuserQueryLayer,
     MMFuserWeightedAverage,
 )
 from modeling_mmfuser_llava.hub_folder import save_hub_folder
@@ -34,9 +35,13 @@ VARIANTS = {
     "concat": (dict(fuser_fusion="concat"), MMFuserConcat),
     "average": (dict(fuser_fusion="average"), MMFuserAverage),
     "weighted_average": (dict(fuser_fusion="weighted_average"), MMFuserWeightedAverage),
+    "none": (dict(fuser_fusion="none"), MMFuserQueryLayer),
 }
-# Variants that start as the query layer exactly (the MMFuser block's zero gates, the one-hot weighted average).
-STARTS_AS_QUERY = ("global", "linear_sra", "weighted_average")
+# Variants that start as the query layer exactly (the MMFuser block's zero gates, the one-hot weighted average), and
+# the one that stays so.
+STARTS_AS_QUERY = ("global", "linear_sra", "weighted_average", "none")
+# Variants that learn a fusion of the layers: all but the single-layer baseline.
+FUSING = tuple(name for name in VARIANTS if name != "none")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def random_maps(config: MMFuserLlavaConfig, batch: int = 2, seed: int = 0) -> tu
 @pytest.mark.parametrize(
     ("settings", "field", "allowed"),
     [
-        (dict(fuser_fusion="sum"), "fuser_fusion", "('mmfuser', 'concat', 'average', 'weighted_average')"),
+        (dict(fuser_fusion="sum"), "fuser_fusion", "('mmfuser', 'concat', 'average', 'weighted_average', 'none')"),
         (dict(fuser_attention_type="sparse"), "fuser_attention_type", "('deformable', 'global', 'linear_sra')"),
         (dict(fuser_fusion="average", fuser_attention_type="global"), "fuser_attention_type", "fuser_fusion='mmfuser'"),
         (dict(fuser_attention_type="linear_sra", fuser_sra_pool_size=0), "fuser_sra_pool_size", "grid's side 24"),
@@ -111,6 +116,17 @@ def test_untrained_variant_returns_the_query_layer(variant_models, name):
     query, keys_values = random_maps(model.config)
     with torch.no_grad():
         assert torch.equal(model.model.fuser(query, keys_values), query)
+
+
+def test_single_layer_baseline_is_a_plain_llava(variant_models, images):
+    """`fuser_fusion="none"` computes exactly what a stock Llava with the same weights computes, and selects only
+    the query layer's features (the key/value layers do not reach the output)."""
+    model, processor = variant_models["none"]
+    inputs = chat(processor, ["What is in this image?", "Describe the picture"], images[:2])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, plain_llava_with_same_weights(model)(**inputs).logits)
+    query, keys_values = random_maps(model.config)
+    assert model.model.fuser(query, keys_values) is query
 
 
 @pytest.mark.parametrize("name", ["global", "linear_sra"])
@@ -182,7 +198,7 @@ def test_linear_sra_pools_each_level_of_each_image_separately():
     torch.testing.assert_close(batched[1:], attention(query[1:], keys_values[1:], grid))
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", FUSING)
 def test_gradients_reach_every_layer_and_parameter(variant_models, name):
     """With trained-looking parameters, the loss depends on every selected layer and every fuser parameter."""
     model = variant_models[name][0]
@@ -202,7 +218,7 @@ def test_gradients_reach_every_layer_and_parameter(variant_models, name):
         model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("name", STARTS_AS_QUERY)
+@pytest.mark.parametrize("name", [name for name in STARTS_AS_QUERY if name in FUSING])
 def test_untrained_variant_can_start_learning(variant_models, name):
     """At initialisation the gates (or the layer weights) receive a gradient, so training moves away from the query."""
     model = variant_models[name][0]
@@ -241,7 +257,9 @@ REMOTE_LOADER = textwrap.dedent(
             outputs[f"{folder}/features"] = torch.stack(
                 model.model.get_image_features(inputs["pixel_values"]).pooler_output
             )
-            outputs[f"{folder}/fused"] = model.model.fuser(inputs["query"], list(inputs["keys_values"][:levels]))
+            # cloned: the single-layer baseline returns its input itself, which safetensors would refuse to save twice
+            fused = model.model.fuser(inputs["query"], list(inputs["keys_values"][:levels]))
+            outputs[f"{folder}/fused"] = fused.clone()
         outputs.update({f"{folder}/{key}": value for key, value in model.model.fuser.state_dict().items()})
     save_file(outputs, "outputs.safetensors")
     """

@@ -5,28 +5,10 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
 
-from conftest import assert_original_initialisation, chat
-
-
-def plain_llava_with_same_weights(model: MMFuserLlavaForConditionalGeneration) -> LlavaForConditionalGeneration:
-    """A stock Llava holding the same vision tower, projector and language model (everything but the fuser)."""
-    config = model.config
-    llava_config = LlavaConfig(
-        vision_config=config.vision_config.to_dict(),
-        text_config=config.text_config.to_dict(),
-        image_token_index=config.image_token_index,
-        image_seq_length=config.image_seq_length,
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-    )
-    llava = LlavaForConditionalGeneration(llava_config).eval()
-    state = {key: value for key, value in model.state_dict().items() if not key.startswith("model.fuser.")}
-    llava.load_state_dict(state, strict=True)
-    return llava
+from conftest import assert_original_initialisation, chat, plain_llava_with_same_weights
 
 
 def test_identity_to_llava_at_initialisation(tiny_pristine, images):

@@ -54,11 +54,18 @@ class ModelArguments:
     )
     fuser_fusion: str | None = field(
         default=None,
-        metadata={"help": "For a new fuser: mmfuser (default), concat, average, weighted_average (paper, Table I)."},
+        metadata={"help": "For a new fuser: mmfuser (default), concat, average, weighted_average (paper, Table I), or "
+                 "none (the query layer alone: the LLaVA-1.5 baseline)."},
     )
     fuser_attention_type: str | None = field(
         default=None,
         metadata={"help": "For a new MMFuser block: deformable (default), global, linear_sra (paper, Table VII)."},
+    )
+    fuser_num_heads: int | None = field(
+        default=None, metadata={"help": "For a new MMFuser block: attention heads (default 16, as the paper)."}
+    )
+    fuser_num_points: int | None = field(
+        default=None, metadata={"help": "For a new MMFuser block: sampling points per head and layer (default 4)."}
     )
     pretrain_mm_mlp_adapter: str | None = field(
         default=None,
