@@ -71,6 +71,11 @@ def test_fresh_model_takes_the_layer_flag_and_the_paper_ablations(base_parts, im
     )
     assert type(global_attention.model.fuser).__name__ == "MMFuserAttentionVariantBlock"
     assert global_attention.model.fuser.gamma1.abs().sum() == 0
+    sized, _ = load_model_and_processor(
+        ModelArguments(str(llm_folder), vision_tower=str(clip_folder), fuser_num_heads=2, fuser_num_points=3)
+    )
+    assert (sized.config.fuser_num_heads, sized.config.fuser_num_points) == (2, 3)
+    assert (sized.model.fuser.cross_attn.num_heads, sized.model.fuser.self_attn.num_points) == (2, 3)
     inputs = chat(processor, ["what is in this image"], images[:1])
     with torch.no_grad():
         assert torch.isfinite(concat(**inputs).logits).all() and torch.isfinite(global_attention(**inputs).logits).all()
@@ -101,7 +106,9 @@ def test_llava_checkpoint_becomes_an_mmfuser_that_starts_identical(tmp_path, tin
 
 
 @pytest.mark.parametrize(
-    "flags", [{"mm_vision_select_layer": "list-3/-2"}, {"fuser_fusion": "average"}, {"fuser_attention_type": "global"}]
+    "flags",
+    [{"mm_vision_select_layer": "list-3/-2"}, {"fuser_fusion": "average"}, {"fuser_attention_type": "global"},
+     {"fuser_num_heads": 2}],
 )
 def test_mmfuser_checkpoint_refuses_flags_for_another_fuser(tiny_checkpoint, flags):
     with pytest.raises(ValueError, match="the checkpoint's fuser differs from the flags"):

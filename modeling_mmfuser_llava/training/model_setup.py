@@ -149,9 +149,9 @@ def load_model_and_processor(
 
 
 def fuser_overrides(model_args: ModelArguments) -> dict:
-    """The fusion-variant choices (paper, Tables I and VII) given for a new fuser."""
-    choices = {"fuser_fusion": model_args.fuser_fusion, "fuser_attention_type": model_args.fuser_attention_type}
-    return {name: value for name, value in choices.items() if value is not None}
+    """The fuser settings given for a new fuser: variant (paper, Tables I and VII), heads and points."""
+    names = ("fuser_fusion", "fuser_attention_type", "fuser_num_heads", "fuser_num_points")
+    return {name: getattr(model_args, name) for name in names if getattr(model_args, name) is not None}
 
 
 def check_fuser_settings(config: MMFuserLlavaConfig, model_args: ModelArguments) -> None:
