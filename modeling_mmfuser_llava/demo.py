@@ -41,13 +41,27 @@ def load_for_inference(
 
 def answer(model, processor, image: Image.Image, prompt: str, max_new_tokens: int = 32) -> str:
     """Greedy answer to `prompt` about `image`, in the vicuna_v1 conversation format."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=image, text=text, return_tensors="pt").to(model.device)
+    return answer_batch(model, processor, [image], [prompt], max_new_tokens)[0]
+
+
+def answer_batch(
+    model, processor, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32
+) -> list[str]:
+    """Greedy answers to one prompt per image, generated as one left-padded batch."""
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+            add_generation_prompt=True,
+        )
+        for prompt in prompts
+    ]
+    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="left")
+    inputs = inputs.to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 def run_demo(
@@ -84,4 +98,4 @@ def write_tiny_hub_folder(output_dir: str | Path, seed: int = 0) -> Path:
     return save_hub_folder(tiny, processor, output_dir, overwrite=True)
 
 
-__all__ = ["DemoAnswer", "answer", "load_for_inference", "run_demo", "write_tiny_hub_folder"]
+__all__ = ["DemoAnswer", "answer", "answer_batch", "load_for_inference", "run_demo", "write_tiny_hub_folder"]
