@@ -129,15 +129,36 @@ def test_quantized_footprint_is_smaller_and_generation_works(remote_report, load
     assert torch.nn.functional.cosine_similarity(logits, reference, dim=0) > 0.9
 
 
-def test_explicit_skip_modules_are_used_as_given(hub_folder):
-    """A user's own llm_int8_skip_modules wins, e.g. to quantize the vision tower and the fuser too."""
-    quantization = BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=["lm_head"])
+def linear_types(model) -> dict[str, set[str]]:
+    """Class names of the nn.Linear modules (bitsandbytes' layers are nn.Linear too) per part of the model."""
+    types = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            types.setdefault(name.removeprefix("model.").split(".")[0], set()).add(type(module).__name__)
+    return types
+
+
+@pytest.mark.parametrize(
+    ("setting", "quantized_type"), [("load_in_4bit", "Linear4bit"), ("load_in_8bit", "Linear8bitLt")]
+)
+def test_plain_dict_config_quantizes_only_the_language_model(hub_folder, setting, quantized_type):
+    """transformers accepts a dict for quantization_config: without a skip list it gets the default list too."""
+    quantization = {setting: True}
     model = MMFuserLlavaForConditionalGeneration.from_pretrained(hub_folder, quantization_config=quantization)
-    assert quantization.llm_int8_skip_modules == ["lm_head"]
-    assert type(model.lm_head) is torch.nn.Linear
-    for part in (model.model.vision_tower, model.model.fuser, model.model.multi_modal_projector):
-        linears = [module for module in part.modules() if isinstance(module, torch.nn.Linear)]
-        assert linears and all(type(module).__name__ == "Linear4bit" for module in linears)
+    assert quantization == {setting: True}  # the user's dict is left as it was
+    unquantized = dict.fromkeys(FULL_PRECISION_PARTS, {"Linear"})
+    assert linear_types(model) == {"language_model": {quantized_type}, **unquantized}
+
+
+@pytest.mark.parametrize("make_config", [BitsAndBytesConfig, dict], ids=["object", "dict"])
+def test_explicit_skip_modules_are_used_as_given(hub_folder, make_config):
+    """A user's own llm_int8_skip_modules wins, e.g. to quantize the vision tower and the fuser too."""
+    quantization = make_config(load_in_4bit=True, llm_int8_skip_modules=["lm_head"])
+    model = MMFuserLlavaForConditionalGeneration.from_pretrained(hub_folder, quantization_config=quantization)
+    skip_modules = quantization["llm_int8_skip_modules"] if make_config is dict else quantization.llm_int8_skip_modules
+    assert skip_modules == ["lm_head"]
+    quantized = dict.fromkeys(["vision_tower", "fuser", "multi_modal_projector", "language_model"], {"Linear4bit"})
+    assert linear_types(model) == {"lm_head": {"Linear"}, **quantized}
 
 
 @pytest.mark.parametrize("model_class", [MMFuserLlavaForConditionalGeneration, MMFuserLlavaModel])
