@@ -89,8 +89,10 @@ def test_base_llm_without_vision_tower_is_refused(base_parts):  # noqa: F811
         load_model_and_processor(ModelArguments(str(base_parts[0])))
 
 
-def test_llava_checkpoint_becomes_an_mmfuser_that_starts_identical(tmp_path, tiny_pristine, images):
-    """From a Llava checkpoint: its tower, projector and LLM, a new fuser with zero gates: the same logits."""
+@pytest.mark.parametrize("fusion", [None, "concat", "weighted_average"])
+def test_llava_checkpoint_becomes_an_mmfuser_that_starts_identical(tmp_path, tiny_pristine, images, fusion):
+    """From a Llava checkpoint: its tower, projector and LLM, a new fuser that starts as the query layer: the same
+    logits. Concatenation's wider projector starts as the Llava's, reading only the query layer's columns."""
     mmfuser, processor = tiny_pristine
     config = LlavaConfig(
         vision_config=mmfuser.config.vision_config,
@@ -102,7 +104,8 @@ def test_llava_checkpoint_becomes_an_mmfuser_that_starts_identical(tmp_path, tin
     llava = LlavaForConditionalGeneration(config).eval()
     llava.save_pretrained(tmp_path / "llava")
     processor.tokenizer.save_pretrained(tmp_path / "llava")
-    model, _ = load_model_and_processor(ModelArguments(str(tmp_path / "llava")))
+    model, _ = load_model_and_processor(ModelArguments(str(tmp_path / "llava"), fuser_fusion=fusion))
+    assert model.config.fuser_fusion == (fusion or "mmfuser")
     inputs = chat(processor, ["what is in this image"], images[:1])
     with torch.no_grad():
         assert torch.allclose(model.eval()(**inputs).logits, llava(**inputs).logits, atol=1e-5)
