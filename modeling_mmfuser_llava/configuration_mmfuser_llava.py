@@ -50,7 +50,9 @@ class MMFuserLlavaConfig(LlavaConfig):
             the query layer `vision_feature_layer`:
             - `"mmfuser"`: the MMFuser block; zero gates make it return the query layer at initialisation.
             - `"concat"`: channel concatenation, so the projector takes `vision hidden size * (key/value layers + 1)`
-              inputs. It cannot start as the query layer alone: its output is wider than any single layer.
+              inputs. Its output is wider than the query layer, but started from a Llava checkpoint's projector (by
+              `mmfuser-llava train`), the projector reads only the query layer's columns (the others start at zero),
+              so the model starts as that Llava; from a base LLM the projector is random, as every new one is.
             - `"average"`: the element-wise mean of the layers; no parameters, so it cannot start as the query layer.
             - `"weighted_average"`: `sum_i w_i * layer_i` with one learnable scalar per layer, initialised to 1 for the
               query layer and 0 elsewhere, so training starts from the query layer exactly.

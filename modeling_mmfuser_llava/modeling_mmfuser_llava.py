@@ -39,7 +39,13 @@ class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
         transformers would quantize every Linear but lm_head; `_keep_in_fp32_modules`, the hook its quantizers read,
         would also upcast those modules to float32 in a float16 load (breaking lm_head) and override an explicit skip
         list. So the default list is filled in here, only when the user gave none: an explicit list is used as is.
+        A dict with bitsandbytes settings (which transformers accepts, e.g. `{"load_in_4bit": True}`) is read as the
+        `BitsAndBytesConfig` transformers would make of it, so it gets the same default.
         """
+        if isinstance(quantization_config, dict) and (
+            quantization_config.get("load_in_4bit") or quantization_config.get("load_in_8bit")
+        ):
+            quantization_config = BitsAndBytesConfig.from_dict(quantization_config)
         if isinstance(quantization_config, BitsAndBytesConfig) and quantization_config.llm_int8_skip_modules is None:
             quantization_config = BitsAndBytesConfig.from_dict(
                 {**quantization_config.to_dict(), "llm_int8_skip_modules": list(cls._modules_kept_unquantized)}

@@ -1,5 +1,7 @@
 """The fuser reproduces the authors' MSCrossAttnBlock (reference outputs in the fixtures) and its initialisation."""
 
+import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from safetensors.torch import load_file
 from modeling_mmfuser_llava import MMFuserLlavaConfig
 from modeling_mmfuser_llava.fuser import MMFuserBlock
 
-from conftest import assert_original_initialisation
+from conftest import REPO_ROOT, SHARED_FIXTURES, assert_original_initialisation
 
 SMALL_FIXTURE = Path(__file__).parent / "data" / "mmfuser_block_small.safetensors"
 
@@ -38,6 +40,7 @@ def block_for_fixture(path: Path) -> tuple[MMFuserBlock, list[torch.Tensor], tor
     return block.eval(), features, tensors["output.fused"]
 
 
+@functools.cache
 def max_abs_diff_to_fixture(path: Path) -> float:
     block, features, expected = block_for_fixture(path)
     with torch.no_grad():
@@ -52,6 +55,16 @@ def test_small_fixture_parity():
 
 def test_clip_l336_fixture_parity(shared_fixtures):
     assert max_abs_diff_to_fixture(shared_fixtures / "mmfuser_block_clip_l336.safetensors") <= 1e-4
+
+
+def test_readme_quotes_the_measured_differences(shared_fixtures):
+    """The README's parity figures must be what the fuser gives (within a factor of 2, for other CPUs' float32)."""
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    quoted = re.search(r"max abs difference of (\S+) \(small fixture\) and (\S+) \(CLIP-L/336 size\)", readme)
+    assert quoted, "the README no longer quotes the parity figures in the expected words"
+    for figure, fixture in zip(quoted.groups(), ("mmfuser_block_small", "mmfuser_block_clip_l336")):
+        measured = max_abs_diff_to_fixture(shared_fixtures / f"{fixture}.safetensors")
+        assert float(figure) / 2 <= measured <= 2 * float(figure), (fixture, figure, measured)
 
 
 def test_fixture_outputs_depend_on_every_part():
@@ -83,3 +96,9 @@ def test_bfloat16_block_samples_in_float32():
 
 def test_initialisation_matches_original(tiny_pristine):
     assert_original_initialisation(tiny_pristine[0].model.fuser)
+
+
+if __name__ == "__main__":  # the README's parity figures: PYTHONPATH=. python tests/test_fuser_parity.py
+    for fixture in ("mmfuser_block_small", "mmfuser_block_clip_l336"):
+        difference = max_abs_diff_to_fixture(SHARED_FIXTURES / f"{fixture}.safetensors")
+        print(f"{fixture}: max abs difference {difference:.2e} (float32)")

@@ -1,10 +1,12 @@
-"""The training CLI, the paper's configs, and the synthetic data generator."""
+"""The training CLI, the paper's configs, the synthetic data generator, and the install hint."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from modeling_mmfuser_llava import training
 from modeling_mmfuser_llava.cli import main as cli_main
 from modeling_mmfuser_llava.training.arguments import load_config_file, parse_arguments
 from modeling_mmfuser_llava.training.data import LazySupervisedDataset
@@ -98,3 +100,13 @@ def test_synthetic_data_is_seeded_and_fits_both_stages(tmp_path, tiny_pristine):
     assert cli_main(["make-synthetic-data", str(tmp_path / "a"), "--num-samples", "24", "--seed", "5",
                      "--overwrite"]) == 0
     assert first.read_text() == again.read_text()
+
+
+def test_install_hint_names_the_packages_of_each_extra():
+    """The `training` docstring's "`extra` extra (packages)" hints list exactly what pyproject.toml puts in them."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((CONFIGS.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    hints = re.findall(r"`(\w+)` extra \(([^)]*)\)", " ".join(training.__doc__.split()))
+    assert [extra for extra, _ in hints] == ["train", "quantization"]
+    for extra, packages in hints:
+        assert packages.split(", ") == [re.split(r"[<>=~!\[ ]", requirement)[0] for requirement in extras[extra]]

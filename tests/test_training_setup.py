@@ -11,6 +11,7 @@ from transformers import CLIPVisionModel, LlamaForCausalLM, LlavaConfig, LlavaFo
 from conftest import chat
 from modeling_mmfuser_llava.processing import IMAGE_TOKEN, PAD_TOKEN
 from modeling_mmfuser_llava.training.arguments import ModelArguments, TrainingArguments, parse_arguments
+from modeling_mmfuser_llava.training.data import ModalityLengthGroupedSampler
 from modeling_mmfuser_llava.training.model_setup import (
     load_mm_adapter,
     load_model_and_processor,
@@ -19,7 +20,14 @@ from modeling_mmfuser_llava.training.model_setup import (
     set_trainable_parts,
 )
 from modeling_mmfuser_llava.training.trainer import MMFuserTrainer
-from training_support import base_parts, one_thread, tiny_checkpoint  # noqa: F401  (fixtures)
+from training_support import (  # noqa: F401  (fixtures)
+    base_parts,
+    instructions,
+    one_thread,
+    tiny_checkpoint,
+    train,
+    training_argv,
+)
 
 
 def test_fresh_model_from_base_llm_and_clip(base_parts, images):  # noqa: F811
@@ -86,8 +94,10 @@ def test_base_llm_without_vision_tower_is_refused(base_parts):  # noqa: F811
         load_model_and_processor(ModelArguments(str(base_parts[0])))
 
 
-def test_llava_checkpoint_becomes_an_mmfuser_that_starts_identical(tmp_path, tiny_pristine, images):
-    """From a Llava checkpoint: its tower, projector and LLM, a new fuser with zero gates: the same logits."""
+@pytest.mark.parametrize("fusion", [None, "concat", "weighted_average"])
+def test_llava_checkpoint_becomes_an_mmfuser_that_starts_identical(tmp_path, tiny_pristine, images, fusion):
+    """From a Llava checkpoint: its tower, projector and LLM, a new fuser that starts as the query layer: the same
+    logits. Concatenation's wider projector starts as the Llava's, reading only the query layer's columns."""
     mmfuser, processor = tiny_pristine
     config = LlavaConfig(
         vision_config=mmfuser.config.vision_config,
@@ -99,7 +109,8 @@ def test_llava_checkpoint_becomes_an_mmfuser_that_starts_identical(tmp_path, tin
     llava = LlavaForConditionalGeneration(config).eval()
     llava.save_pretrained(tmp_path / "llava")
     processor.tokenizer.save_pretrained(tmp_path / "llava")
-    model, _ = load_model_and_processor(ModelArguments(str(tmp_path / "llava")))
+    model, _ = load_model_and_processor(ModelArguments(str(tmp_path / "llava"), fuser_fusion=fusion))
+    assert model.config.fuser_fusion == (fusion or "mmfuser")
     inputs = chat(processor, ["what is in this image"], images[:1])
     with torch.no_grad():
         assert torch.allclose(model.eval()(**inputs).logits, llava(**inputs).logits, atol=1e-5)
@@ -155,6 +166,22 @@ def test_fuser_learning_rate_has_its_own_groups(tmp_path, tiny_pristine):
     assert by_rate[(1e-3, 0.1)] | by_rate[(1e-3, 0.0)] == projector
     assert "model.fuser.cross_attn.value_proj.weight" in by_rate[(1e-4, 0.1)]
     assert "model.fuser.norm1.weight" in by_rate[(1e-4, 0.0)]
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_group_by_modality_length_gives_batches_of_one_modality(tmp_path, tiny_checkpoint, instructions, grouped):
+    """With the flag the Trainer draws through ModalityLengthGroupedSampler: every batch holds only samples with an
+    image or only text-only ones. Without it the default random order mixes them on this data (4 of 32 text-only)."""
+    flags = ("--group_by_modality_length", str(grouped))
+    trainer = train(*training_argv(tmp_path, tiny_checkpoint, instructions, *flags, steps=1))
+    loader = trainer.get_train_dataloader()
+    assert isinstance(loader.batch_sampler.sampler, ModalityLengthGroupedSampler) is grouped
+    image_token = trainer.model.config.image_token_index
+    batch_kinds = [set((batch["input_ids"] == image_token).any(dim=1).tolist()) for batch in loader]  # has image?
+    if grouped:
+        assert {False} in batch_kinds and all(len(kinds) == 1 for kinds in batch_kinds)
+    else:
+        assert any(len(kinds) == 2 for kinds in batch_kinds)
 
 
 def test_stage1_file_round_trip_and_mismatch(tmp_path, tiny_pristine):

@@ -1,7 +1,7 @@
 """Fine-tuning MMFuser-LLaVA with the Transformers Trainer: the paper's two stages, LoRA/QLoRA, several processes.
 
-Needs the `train` extra (peft, and bitsandbytes for QLoRA). Entry points: `run_training` (what `mmfuser-llava train`
-runs), `merge_lora`, `make_synthetic_dataset`.
+Needs the `train` extra (peft, datasets, tensorboard); QLoRA (`--bits 4` or `8`) also the `quantization` extra
+(bitsandbytes). Entry points: `run_training` (what `mmfuser-llava train` runs), `merge_lora`, `make_synthetic_dataset`.
 """
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments

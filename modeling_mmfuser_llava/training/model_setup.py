@@ -3,7 +3,7 @@
 Three starting points, told apart by the checkpoint's `model_type`:
 - an MMFuser-LLaVA checkpoint: loaded as it is;
 - a Llava checkpoint (e.g. llava-1.5-hf): its vision tower, projector and LLM, plus a new fuser (zero gates, so the
-  model starts out exactly as the Llava it came from);
+  model starts out exactly as the Llava it came from; for concatenation, the projector is widened to start so too);
 - a base causal LM (Vicuna-v1.5) with `--vision_tower` (CLIP): a new fuser and projector, as in the paper's stage 1.
 """
 
@@ -174,8 +174,9 @@ def assemble_model(
     lm_head: nn.Module,
     projector: nn.Module | None = None,
 ) -> MMFuserLlavaForConditionalGeneration:
-    """An MMFuser-LLaVA around loaded parts, with a freshly initialised fuser (and projector when none fits).
+    """An MMFuser-LLaVA around loaded parts, with a freshly initialised fuser (and projector when none is given).
 
+    A given projector (a Llava's) is kept; concatenation gets a wider one that starts as it, see `widen_for_concat`.
     The skeleton is built on the meta device, so no memory or time goes into weights that are replaced at once.
     """
     with torch.device("meta"):
@@ -185,9 +186,11 @@ def assemble_model(
     model.lm_head = lm_head
     dtype = language_model.get_input_embeddings().weight.dtype
     model.model.fuser = build_fuser(config)
-    if projector is None or config.fuser_fusion == "concat":  # concat widens the projector's input
+    if projector is None:
         projector = build_projector(config)
         projector.apply(model._init_weights)
+    elif config.fuser_fusion == "concat":
+        projector = widen_for_concat(projector, config)
     model.model.fuser.apply(model._init_weights)
     model.model.fuser.to(dtype)
     model.model.multi_modal_projector = projector.to(dtype)
@@ -195,6 +198,23 @@ def assemble_model(
     if left_on_meta:
         raise RuntimeError(f"assembling the model left tensors without values: {left_on_meta[:5]}")
     return model
+
+
+def widen_for_concat(projector: nn.Module, config: MMFuserLlavaConfig) -> nn.Module:
+    """The concatenation projector that computes what `projector` (a Llava's) computes on the query layer alone.
+
+    Concatenation puts the query layer last, so the last `vision hidden size` columns of `linear_1` take the Llava's
+    weight and the key/value layers' columns start at zero; the bias and `linear_2` are the Llava's. Training thus
+    starts from the Llava's pretrained projection instead of a random one.
+    """
+    wide = build_projector(config)
+    query_columns = config.vision_config.hidden_size
+    with gathered_for_update(list(projector.parameters())), torch.no_grad():
+        wide.linear_1.weight.zero_()
+        wide.linear_1.weight[:, -query_columns:] = projector.linear_1.weight
+        wide.linear_1.bias.copy_(projector.linear_1.bias)
+        wide.linear_2.load_state_dict(projector.linear_2.state_dict())
+    return wide
 
 
 def resize_embeddings_for(model: MMFuserLlavaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -214,7 +234,7 @@ def resize_embeddings_for(model: MMFuserLlavaForConditionalGeneration, tokenizer
 
 
 def gathered_for_update(parameters: list[nn.Parameter]) -> contextlib.AbstractContextManager:
-    """Under DeepSpeed ZeRO-3 (the stage-2 config) weights are partitioned at load: gather them whole to edit them."""
+    """Under DeepSpeed ZeRO-3 (the stage-2 config) weights are partitioned at load: gather them whole to use them."""
     if not is_deepspeed_zero3_enabled():
         return contextlib.nullcontext()
     import deepspeed
