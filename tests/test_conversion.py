@@ -3,6 +3,7 @@
 The original checkpoints and the original forward come from `original_layout` (hand-written names, stock parts).
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -52,12 +53,13 @@ def expand_placeholder(input_ids: list[int], image_token_index: int, image_seq_l
     return input_ids[:position] + [image_token_index] * image_seq_length + input_ids[position + 1 :]
 
 
-def test_converted_model_reproduces_the_original_logits_and_greedy_tokens(original, conversion, images):
-    _, summary = conversion
-    model = AutoModelForImageTextToText.from_pretrained(summary.output_dir, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(summary.output_dir)
+def assert_reproduces_the_original(original, output_dir, images, new_tokens: tuple[int, ...] = (6, 0)) -> None:
+    """The converted model at `output_dir` gets the original's ids and pixels and gives its logits, per question, and
+    its greedy tokens for as many new tokens as asked (0: logits only)."""
+    model = AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
     reference = OriginalForward(original)
-    for question, image, new_tokens in zip(QUESTIONS, images[::2], (6, 0)):  # wide, tall: padding matters
+    for question, image, tokens in zip(QUESTIONS, images[::2], new_tokens):  # wide, tall: padding matters
         inputs = chat(processor, [question], [image])
         input_ids = original_input_ids(original, original_prompt(question))
         assert inputs["input_ids"][0].tolist() == expand_placeholder(
@@ -69,11 +71,26 @@ def test_converted_model_reproduces_the_original_logits_and_greedy_tokens(origin
             logits = model(**inputs).logits[0]
         expected = reference.logits(input_ids, pixel_values)[0]
         assert (logits[:, : original.vocab_size] - expected).abs().max() <= 1e-4
-        if new_tokens:
-            generated = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+        if tokens:
+            generated = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
             assert generated[0, inputs["input_ids"].shape[1] :].tolist() == reference.greedy(
-                input_ids, pixel_values, max_new_tokens=new_tokens
+                input_ids, pixel_values, max_new_tokens=tokens
             )
+
+
+def test_converted_model_reproduces_the_original_logits_and_greedy_tokens(original, conversion, images):
+    assert_reproduces_the_original(original, conversion[1].output_dir, images)
+
+
+def test_a_non_default_layer_list_is_carried_over(original, images, tmp_path):
+    """The converted config takes the original's mm_vision_select_layer, and the model then fuses those layers."""
+    layers = (-20, -15, -10, -5, -1)
+    other = dataclasses.replace(original, select_layers=layers)
+    source = write_original_checkpoint(tmp_path / "original", other, weight_format="safetensors")
+    summary = convert_checkpoint(source, tmp_path / "converted", progress=False)
+    config = MMFuserLlavaConfig.from_pretrained(summary.output_dir)
+    assert (config.fuser_key_value_layers, config.vision_feature_layer) == (layers[:4], layers[-1])
+    assert_reproduces_the_original(other, summary.output_dir, images, new_tokens=(0, 0))
 
 
 def test_fuser_gates_are_carried_over(original, conversion):
