@@ -5,6 +5,7 @@ The original checkpoints and the original forward come from `original_layout` (h
 
 import dataclasses
 import json
+import weakref
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
 from modeling_mmfuser_llava import MMFuserLlavaConfig, MMFuserLlavaForConditionalGeneration
-from modeling_mmfuser_llava.conversion import convert_checkpoint
+from modeling_mmfuser_llava.conversion import convert_checkpoint, converter
 from modeling_mmfuser_llava.conversion.new_token_rows import mean_row
 from modeling_mmfuser_llava.hub_folder import save_hub_folder
 
@@ -193,6 +194,31 @@ def test_converting_twice_gives_byte_identical_files(original, tmp_path):
     assert names == sorted(path.name for path in second.iterdir()) and len(names) > 10 and "README.md" in names
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_at_most_one_output_shard_is_in_memory_at_once(original, tmp_path, monkeypatch):
+    """The streaming design: every output tensor is loaded while its shard is filled and freed once it is written."""
+    live = {"bytes": 0, "peak": 0}
+    load = converter._load
+
+    def release(nbytes: int) -> None:
+        live["bytes"] -= nbytes
+
+    def tracked_load(*args) -> torch.Tensor:
+        tensor = load(*args)
+        live["bytes"] += tensor.nbytes
+        live["peak"] = max(live["peak"], live["bytes"])
+        weakref.finalize(tensor, release, tensor.nbytes)
+        return tensor
+
+    monkeypatch.setattr(converter, "_load", tracked_load)
+    source = write_original_checkpoint(tmp_path / "original", original, weight_format="safetensors", num_shards=3)
+    summary = convert_checkpoint(source, tmp_path / "converted", max_shard_size="300KB", progress=False)
+    shard_bytes = [
+        sum(tensor.nbytes for tensor in load_file(summary.output_dir / shard).values()) for shard in summary.shards
+    ]
+    assert len(shard_bytes) > 3 and live["bytes"] == 0
+    assert 0 < live["peak"] <= max(shard_bytes) < sum(shard_bytes) / 3
 
 
 def test_dtype_option_casts_every_weight(original, tmp_path):
