@@ -3,6 +3,8 @@
 Hub-facing: imports only transformers, so a Hub repo can carry this file alone.
 """
 
+from typing import Any
+
 from transformers import LlavaConfig
 from transformers.configuration_utils import strict  # huggingface_hub's, re-exported: Hub files import transformers only
 
@@ -19,6 +21,29 @@ DEFAULT_AUTO_MAP = {
 }
 
 
+def _field_errors_as_value_errors(cls: type) -> type:
+    """Make `@strict`'s per-field checks (type, Literal choices) raise a ValueError, as `_check_fuser_settings` does.
+
+    `@strict` raises huggingface_hub's StrictDataclassFieldValidationError, which is no ValueError, so callers that
+    catch ValueError for a bad setting (the converter, users) would miss a wrong type. The message names the field and
+    what it allows. The error is recognised by the validator's TypeError/ValueError it wraps, because its class cannot
+    be imported here (Hub files import transformers only).
+    """
+    strict_setattr = cls.__setattr__
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            strict_setattr(self, name, value)
+        except Exception as error:
+            if isinstance(error, ValueError) or not isinstance(error.__cause__, (TypeError, ValueError)):
+                raise
+            raise ValueError(f"invalid {name}: {error.__cause__}") from error
+
+    cls.__setattr__ = __setattr__
+    return cls
+
+
+@_field_errors_as_value_errors
 @strict
 class MMFuserLlavaConfig(LlavaConfig):
     r"""
@@ -30,7 +55,8 @@ class MMFuserLlavaConfig(LlavaConfig):
     Args:
         fuser_key_value_layers (`tuple[int, ...]`, defaults to `(-22, -17, -12, -7)`):
             Indices into the vision tower's `hidden_states` (embeddings first, then one entry per layer) of the maps the
-            query attends to, in level order. The default picks CLIP ViT-L layers 3, 8, 13 and 18.
+            query attends to, in level order. The default picks CLIP ViT-L layers 3, 8, 13 and 18. A layer may appear
+            more than once (also as the query), since the original's `mm_vision_select_layer` list may repeat one.
         fuser_num_heads (`int`, defaults to 16):
             Attention heads of both deformable attentions; must divide the vision hidden size.
         fuser_num_points (`int`, defaults to 4):

@@ -22,7 +22,7 @@ from modeling_mmfuser_llava.processing import VICUNA_V1_SYSTEM_PROMPT
 from modeling_mmfuser_llava.tiny import train_tiny_sentencepiece
 
 IMAGE_TOKEN_INDEX = -200  # the original's placeholder id for "<image>"
-SELECT_LAYERS = [-22, -17, -12, -7, -2]  # query last; the original block reads the first four as keys/values
+SELECT_LAYERS = (-22, -17, -12, -7, -2)  # query last; the original block reads the first four as keys/values
 CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE, CLIP_HIDDEN = 32, 4, 32
 
 LLAMA_FIELDS = dict(
@@ -52,11 +52,13 @@ def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
 
 @dataclass
 class OriginalModel:
-    """The original model's weights under their original names, its tokenizer model and its vision tower folder."""
+    """The original model's weights under their original names, its tokenizer model, its vision tower folder and the
+    `mm_vision_select_layer` list it was trained with (the fuser's weights do not depend on which layers it names)."""
 
     weights: dict[str, torch.Tensor]
     sentencepiece_model: bytes
     clip_folder: Path
+    select_layers: tuple[int, ...] = SELECT_LAYERS
 
     @property
     def vocab_size(self) -> int:
@@ -114,7 +116,7 @@ def original_config(original: OriginalModel, **overrides) -> dict:
         "mm_use_im_patch_token": False,
         "mm_use_im_start_end": False,
         "mm_vision_select_feature": "patch",
-        "mm_vision_select_layer": "list-22/-17/-12/-7/-2",
+        "mm_vision_select_layer": "list" + "/".join(str(layer) for layer in original.select_layers),
         "mm_vision_tower": str(original.clip_folder),
         "ms_cross_attn_lr": None,
         "tokenizer_model_max_length": 2048,
@@ -196,6 +198,7 @@ class OriginalForward:
 
     def __init__(self, original: OriginalModel):
         self.vision = CLIPVisionModel.from_pretrained(original.clip_folder).eval()  # the original reloads CLIP
+        self.select_layers = original.select_layers
         self.fuser = MMFuserBlock(fuser_config()).eval()
         prefix = "model.mm_projector.0."
         self.fuser.load_state_dict(
@@ -212,7 +215,7 @@ class OriginalForward:
     @torch.no_grad()
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden_states = self.vision(pixel_values, output_hidden_states=True).hidden_states
-        maps = [hidden_states[index][:, 1:] for index in SELECT_LAYERS]  # select feature 'patch': drop CLS
+        maps = [hidden_states[index][:, 1:] for index in self.select_layers]  # select feature 'patch': drop CLS
         fused = self.fuser(maps[-1], maps[:4])
         hidden = F.linear(fused, self.projector["1.weight"], self.projector["1.bias"])
         return F.linear(F.gelu(hidden), self.projector["3.weight"], self.projector["3.bias"])

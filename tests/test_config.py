@@ -49,6 +49,9 @@ def test_json_round_trip(tmp_path, tiny_pristine):
         (dict(fuser_num_heads=12), "fuser_num_heads", "divisor of the vision hidden size 1024"),
         (dict(fuser_num_points=0), "fuser_num_points", "at least 1"),
         (dict(fuser_layer_norm_eps=0.0), "fuser_layer_norm_eps", "positive"),
+        (dict(fuser_num_heads="4"), "fuser_num_heads", "expected int"),
+        (dict(vision_feature_select_strategy="foo"), "vision_feature_select_strategy", "('default', 'full')"),
+        (dict(fuser_attention_type="sparse"), "fuser_attention_type", "('deformable', 'global', 'linear_sra')"),
         (dict(image_seq_length=577), "image_seq_length", "24**2 = 576"),
         (
             dict(vision_config=dict(model_type="clip_vision_model", num_hidden_layers=24, image_size=300, patch_size=14)),
@@ -63,6 +66,13 @@ def test_invalid_settings_name_the_field(settings, field, allowed):
     assert allowed in str(error.value)
 
 
-def test_unknown_attention_type_is_refused():
-    with pytest.raises(Exception, match="fuser_attention_type"):
-        MMFuserLlavaConfig(fuser_attention_type="sparse")
+def test_assigning_a_wrong_type_later_raises_a_value_error_too():
+    config = MMFuserLlavaConfig()
+    with pytest.raises(ValueError, match="fuser_num_points.*expected int"):
+        config.fuser_num_points = "4"
+
+
+def test_repeated_layers_are_accepted_as_in_the_original():
+    """The original indexes hidden_states with its layer list as given, repeats included: a converted one may too."""
+    config = MMFuserLlavaConfig(fuser_key_value_layers=(-22, -22, -12, -2), vision_feature_layer=-2)
+    assert config.fuser_hidden_state_indices == [-22, -22, -12, -2, -2]

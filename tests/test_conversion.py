@@ -3,7 +3,9 @@
 The original checkpoints and the original forward come from `original_layout` (hand-written names, stock parts).
 """
 
+import dataclasses
 import json
+import weakref
 
 import pytest
 import torch
@@ -22,7 +24,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
 from modeling_mmfuser_llava import MMFuserLlavaConfig, MMFuserLlavaForConditionalGeneration
-from modeling_mmfuser_llava.conversion import convert_checkpoint
+from modeling_mmfuser_llava.conversion import convert_checkpoint, converter
 from modeling_mmfuser_llava.conversion.new_token_rows import mean_row
 from modeling_mmfuser_llava.hub_folder import save_hub_folder
 
@@ -52,12 +54,13 @@ def expand_placeholder(input_ids: list[int], image_token_index: int, image_seq_l
     return input_ids[:position] + [image_token_index] * image_seq_length + input_ids[position + 1 :]
 
 
-def test_converted_model_reproduces_the_original_logits_and_greedy_tokens(original, conversion, images):
-    _, summary = conversion
-    model = AutoModelForImageTextToText.from_pretrained(summary.output_dir, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(summary.output_dir)
+def assert_reproduces_the_original(original, output_dir, images, new_tokens: tuple[int, ...] = (6, 0)) -> None:
+    """The converted model at `output_dir` gets the original's ids and pixels and gives its logits, per question, and
+    its greedy tokens for as many new tokens as asked (0: logits only)."""
+    model = AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
     reference = OriginalForward(original)
-    for question, image, new_tokens in zip(QUESTIONS, images[::2], (6, 0)):  # wide, tall: padding matters
+    for question, image, tokens in zip(QUESTIONS, images[::2], new_tokens):  # wide, tall: padding matters
         inputs = chat(processor, [question], [image])
         input_ids = original_input_ids(original, original_prompt(question))
         assert inputs["input_ids"][0].tolist() == expand_placeholder(
@@ -69,11 +72,26 @@ def test_converted_model_reproduces_the_original_logits_and_greedy_tokens(origin
             logits = model(**inputs).logits[0]
         expected = reference.logits(input_ids, pixel_values)[0]
         assert (logits[:, : original.vocab_size] - expected).abs().max() <= 1e-4
-        if new_tokens:
-            generated = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+        if tokens:
+            generated = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
             assert generated[0, inputs["input_ids"].shape[1] :].tolist() == reference.greedy(
-                input_ids, pixel_values, max_new_tokens=new_tokens
+                input_ids, pixel_values, max_new_tokens=tokens
             )
+
+
+def test_converted_model_reproduces_the_original_logits_and_greedy_tokens(original, conversion, images):
+    assert_reproduces_the_original(original, conversion[1].output_dir, images)
+
+
+def test_a_non_default_layer_list_is_carried_over(original, images, tmp_path):
+    """The converted config takes the original's mm_vision_select_layer, and the model then fuses those layers."""
+    layers = (-20, -15, -10, -5, -1)
+    other = dataclasses.replace(original, select_layers=layers)
+    source = write_original_checkpoint(tmp_path / "original", other, weight_format="safetensors")
+    summary = convert_checkpoint(source, tmp_path / "converted", progress=False)
+    config = MMFuserLlavaConfig.from_pretrained(summary.output_dir)
+    assert (config.fuser_key_value_layers, config.vision_feature_layer) == (layers[:4], layers[-1])
+    assert_reproduces_the_original(other, summary.output_dir, images, new_tokens=(0, 0))
 
 
 def test_fuser_gates_are_carried_over(original, conversion):
@@ -163,17 +181,44 @@ def test_shards_respect_the_maximum_size_and_the_index_covers_them(conversion):
 
 
 def test_converting_twice_gives_byte_identical_files(original, tmp_path):
-    """Also with the reader unmapping its file after every tensor (release_bytes=0) on the second run."""
+    """Every file, the model card included (same folder name, two parents); also with the reader unmapping its file
+    after every tensor (release_bytes=0) on the second run."""
     source = write_original_checkpoint(tmp_path / "original", original, weight_format="safetensors", with_vision=False)
-    first = convert_checkpoint(source, tmp_path / "first", max_shard_size="300KB", progress=False).output_dir
-    second = convert_checkpoint(
-        source, tmp_path / "second", max_shard_size="300KB", progress=False, release_bytes=0
-    ).output_dir
+    first, second = (
+        convert_checkpoint(
+            source, tmp_path / parent / "mmfuser", max_shard_size="300KB", progress=False, release_bytes=release_bytes
+        ).output_dir
+        for parent, release_bytes in (("first", None), ("second", 0))
+    )
     names = sorted(path.name for path in first.iterdir())
-    assert names == sorted(path.name for path in second.iterdir()) and len(names) > 10
+    assert names == sorted(path.name for path in second.iterdir()) and len(names) > 10 and "README.md" in names
     for name in names:
-        if name != "README.md":  # the card names its folder
-            assert (first / name).read_bytes() == (second / name).read_bytes(), name
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_at_most_one_output_shard_is_in_memory_at_once(original, tmp_path, monkeypatch):
+    """The streaming design: every output tensor is loaded while its shard is filled and freed once it is written."""
+    live = {"bytes": 0, "peak": 0}
+    load = converter._load
+
+    def release(nbytes: int) -> None:
+        live["bytes"] -= nbytes
+
+    def tracked_load(*args) -> torch.Tensor:
+        tensor = load(*args)
+        live["bytes"] += tensor.nbytes
+        live["peak"] = max(live["peak"], live["bytes"])
+        weakref.finalize(tensor, release, tensor.nbytes)
+        return tensor
+
+    monkeypatch.setattr(converter, "_load", tracked_load)
+    source = write_original_checkpoint(tmp_path / "original", original, weight_format="safetensors", num_shards=3)
+    summary = convert_checkpoint(source, tmp_path / "converted", max_shard_size="300KB", progress=False)
+    shard_bytes = [
+        sum(tensor.nbytes for tensor in load_file(summary.output_dir / shard).values()) for shard in summary.shards
+    ]
+    assert len(shard_bytes) > 3 and live["bytes"] == 0
+    assert 0 < live["peak"] <= max(shard_bytes) < sum(shard_bytes) / 3
 
 
 def test_dtype_option_casts_every_weight(original, tmp_path):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,6 +97,32 @@ def test_corrupt_shard_leaves_nothing(original, tmp_path, weight_format):
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(ConversionError, match=shard.name):
         convert_checkpoint(source, tmp_path / "converted", progress=False)
+    assert_nothing_written(tmp_path / "converted")
+
+
+def record_unpickling(marker: str) -> None:
+    Path(marker).write_text("unpickled")
+
+
+class RunsCodeWhenUnpickled:
+    """Unpickling this calls `record_unpickling`: a stand-in for any code a pickled checkpoint could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return record_unpickling, (str(self.marker),)
+
+
+def test_bin_shard_pickling_code_is_refused_without_running_it(original, tmp_path):
+    source = write_original_checkpoint(tmp_path / "original", original, weight_format="bin")
+    shard = source / "pytorch_model-00002-of-00002.bin"
+    marker = tmp_path / "unpickled"
+    tensors = torch.load(shard, weights_only=True)
+    torch.save({**tensors, next(iter(tensors)): RunsCodeWhenUnpickled(marker)}, shard)
+    with pytest.raises(ConversionError, match=f"{shard.name} cannot be loaded as tensors only"):
+        convert_checkpoint(source, tmp_path / "converted", progress=False)
+    assert not marker.exists()  # weights_only: the pickled call never ran
     assert_nothing_written(tmp_path / "converted")
 
 

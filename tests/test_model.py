@@ -5,10 +5,12 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import SiglipVisionConfig
 
 from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
+from modeling_mmfuser_llava.tiny import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, build_tiny_model
 
-from conftest import assert_original_initialisation, chat, plain_llava_with_same_weights
+from conftest import assert_original_initialisation, chat, perturb_fuser, plain_llava_with_same_weights
 
 
 def test_identity_to_llava_at_initialisation(tiny_pristine, images):
@@ -182,3 +184,28 @@ def test_a_strategy_the_vision_tower_cannot_satisfy_is_refused(tiny, images):
     inputs = chat(processor, ["What is in this image?"], images[:1])
     with pytest.raises(ValueError, match="vision_feature_select_strategy"):
         model.get_image_features(inputs["pixel_values"], vision_feature_select_strategy="full")
+
+
+def test_full_strategy_fuses_every_token_of_a_tower_without_cls(images):
+    """SigLIP has no CLS token: 'full' keeps all grid**2 tokens of every selected layer; the processor counts them."""
+    vision_config = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
+        image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE,
+    )
+    model, processor = build_tiny_model(
+        vision_config=vision_config, vision_feature_select_strategy="full",
+        fuser_key_value_layers=(1, 2, 3, 4), vision_feature_layer=-2,
+    )
+    perturb_fuser(model)
+    inputs = chat(processor, ["What is in this image?", "Colour?"], images[:2])
+    grid = TINY_IMAGE_SIZE // TINY_PATCH_SIZE
+    with torch.no_grad():
+        features = model.model.get_image_features(inputs["pixel_values"]).pooler_output
+        hidden_states = model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
+        maps = [hidden_states[index] for index in model.config.fuser_hidden_state_indices]
+        expected = model.model.multi_modal_projector(model.model.fuser(maps[-1], maps[:-1]))
+        logits = model(**inputs).logits
+    assert all(feature.shape == (grid**2, model.config.text_config.hidden_size) for feature in features)
+    torch.testing.assert_close(torch.stack(features), expected, rtol=0, atol=1e-6)
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 2 * grid**2
+    assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()

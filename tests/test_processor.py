@@ -1,10 +1,13 @@
 """The processor reproduces LLaVA-1.5's preprocessing: the vicuna_v1 prompt, the original's token ids, its pixels."""
 
+import re
+
 import numpy as np
 import pytest
 import sentencepiece
 import torch
 from PIL import Image
+from sentencepiece import sentencepiece_model_pb2
 from transformers import AutoProcessor, CLIPImageProcessorPil
 
 from modeling_mmfuser_llava.processing import VICUNA_V1_SYSTEM_PROMPT
@@ -14,10 +17,35 @@ from modeling_mmfuser_llava.processing import build_processor
 ORIGINAL_PLACEHOLDER = -200  # the original's IMAGE_TOKEN_INDEX
 
 
-def original_tokenizer_image_token(prompt: str, model: sentencepiece.SentencePieceProcessor, bos_id: int) -> list[int]:
+class OriginalLlamaTokenizer:
+    """The original's slow `LlamaTokenizer` with `legacy=False` (Vicuna-v1.5's setting) on a sentencepiece model: the
+    special tokens in the text become their ids; the text before the first one gets sentencepiece's dummy prefix "▁",
+    the text after one gets none (the slow tokenizer encodes it with the dummy prefix switched off)."""
+
+    def __init__(self, model_bytes: bytes):
+        self.model = sentencepiece.SentencePieceProcessor(model_proto=model_bytes)
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(model_bytes)
+        proto.normalizer_spec.add_dummy_prefix = False
+        self.without_prefix = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        special_ids = (self.model.unk_id(), self.model.bos_id(), self.model.eos_id())
+        self.special = {self.model.id_to_piece(token): token for token in special_ids}
+        self.special_pattern = re.compile("(" + "|".join(map(re.escape, self.special)) + ")")
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for index, part in enumerate(self.special_pattern.split(text)):  # text, special, text, ...
+            if index % 2:
+                ids.append(self.special[part])
+            else:
+                ids += (self.model if index == 0 else self.without_prefix).encode(part)
+        return ids
+
+
+def original_tokenizer_image_token(prompt: str, tokenizer: OriginalLlamaTokenizer) -> list[int]:
     """The original `tokenizer_image_token`: tokenize the text between `<image>` markers chunk by chunk (each chunk
-    as the slow Llama tokenizer does: BOS, then sentencepiece with its dummy prefix) and put one placeholder between."""
-    chunks = [[bos_id, *model.encode(chunk)] for chunk in prompt.split("<image>")]
+    as the slow Llama tokenizer does: BOS, then its ids) and put one placeholder between."""
+    chunks = [[tokenizer.model.bos_id(), *tokenizer.encode(chunk)] for chunk in prompt.split("<image>")]
     ids = chunks[0]
     for chunk in chunks[1:]:
         ids += [ORIGINAL_PLACEHOLDER, *chunk[1:]]
@@ -40,7 +68,7 @@ def collapse_image_tokens(ids: list[int], image_token_id: int) -> list[int]:
 def sentencepiece_and_processor():
     model_bytes = train_tiny_sentencepiece()
     processor = build_processor(build_tiny_tokenizer(model_bytes), TINY_IMAGE_SIZE, 4)
-    return sentencepiece.SentencePieceProcessor(model_proto=model_bytes), processor
+    return OriginalLlamaTokenizer(model_bytes), processor
 
 
 def single_turn(question: str) -> list[dict]:
@@ -66,29 +94,47 @@ def test_chat_template_gives_the_original_vicuna_v1_prompt(sentencepiece_and_pro
     "question", ["What is in this image?", "How many shapes? Answer with 3 words.", "  two leading spaces", "é ü ø 42"]
 )
 def test_token_ids_equal_the_originals(sentencepiece_and_processor, question):
-    model, processor = sentencepiece_and_processor
+    original, processor = sentencepiece_and_processor
     prompt = processor.apply_chat_template(single_turn(question), add_generation_prompt=True)
     image = Image.new("RGB", (40, 30), "white")
     ours = processor(images=image, text=prompt)["input_ids"][0]
     image_token_id = processor.image_token_id
     assert ours.count(image_token_id) == (TINY_IMAGE_SIZE // 4) ** 2
-    expected = original_tokenizer_image_token(prompt, model, processor.tokenizer.bos_token_id)
+    expected = original_tokenizer_image_token(prompt, original)
     assert collapse_image_tokens(ours, image_token_id) == expected
     # The tokens around the image, which transformers 5's default (legacy=False) tokenization gets wrong:
     at = expected.index(ORIGINAL_PLACEHOLDER)
-    pieces = [model.id_to_piece(token) for token in expected[at - 1 : at + 3] if token != ORIGINAL_PLACEHOLDER]
+    pieces = [original.model.id_to_piece(token) for token in expected[at - 1 : at + 3] if token != ORIGINAL_PLACEHOLDER]
     assert pieces == ["▁", "▁", "<0x0A>"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known divergence: the processor's Metaspace prepends '▁' after every special token (needed after "
+    "<image>), so the text after an assistant turn's '</s>' starts with '▁' where the original (legacy=False) has none",
+)
+def test_multi_turn_token_ids_equal_the_originals(sentencepiece_and_processor):
+    original, processor = sentencepiece_and_processor
+    conversation = single_turn("What is shown?") + [
+        {"role": "assistant", "content": [{"type": "text", "text": "A red circle."}]},
+        {"role": "user", "content": "And its colour?"},
+    ]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    ours = processor(images=Image.new("RGB", (40, 30), "white"), text=prompt)["input_ids"][0]
+    expected = original_tokenizer_image_token(prompt, original)
+    assert expected.count(original.model.eos_id()) == 1  # the assistant turn's "</s>" is the EOS id, not its letters
+    assert collapse_image_tokens(ours, processor.image_token_id) == expected
 
 
 def test_token_ids_survive_save_reload_and_resave(sentencepiece_and_processor, tmp_path):
     """transformers 5 drops a Llama tokenizer's `legacy` flag on a re-save: two save/load rounds keep the ids."""
-    model, processor = sentencepiece_and_processor
+    original, processor = sentencepiece_and_processor
     processor.save_pretrained(tmp_path / "first")
     AutoProcessor.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "second")
     reloaded = AutoProcessor.from_pretrained(tmp_path / "second")
     prompt = reloaded.apply_chat_template(single_turn("What is in this image?"), add_generation_prompt=True)
     ids = reloaded(images=Image.new("RGB", (8, 8)), text=prompt)["input_ids"][0]
-    expected = original_tokenizer_image_token(prompt, model, reloaded.tokenizer.bos_token_id)
+    expected = original_tokenizer_image_token(prompt, original)
     assert collapse_image_tokens(ids, reloaded.image_token_id) == expected
 
 

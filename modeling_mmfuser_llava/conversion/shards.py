@@ -10,6 +10,7 @@ per tensor.
 """
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,11 @@ def _open(file: Path):
         if file.suffix == ".safetensors":
             return safe_open(str(file), framework="pt")
         return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConversionError(
+            f"{file} cannot be loaded as tensors only: it pickles other objects (refused: unpickling them could run "
+            "code from the file) or is corrupt"
+        ) from None
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as error:
         raise ConversionError(f"cannot read {file}: {error}") from None
 
