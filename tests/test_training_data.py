@@ -37,6 +37,11 @@ TWO_ROUNDS = {
     ],
 }
 TEXT_ONLY = {"id": "text-only", "conversations": [human("which colour is the sun"), gpt("yellow")]}
+THREE_ROUNDS = {
+    "id": "three-rounds",
+    "conversations": [human("which colour is the sun"), gpt("yellow"), human("and the sky"), gpt("blue"),
+                      human("how many suns"), gpt("one")],
+}
 CAPTION = {
     "id": "caption", "image": "a.png", "conversations": [human("<image>\ndescribe the picture"), gpt("a red square")]
 }
@@ -55,21 +60,26 @@ def dataset(tmp_path, processor, records, version="v1", model_max_length=512, **
 
 
 def original_v1_labels(text: str, input_ids: list[int], tokenizer) -> list[int]:
-    """The original preprocess_v1's arithmetic, as an independent reference: per round, mask the instruction's
-    token count minus 2 (BOS and the "▁" of the trailing space); `<image>` counts as its expanded tokens."""
+    """The original preprocess_v1's arithmetic, as an independent reference: per round (the text between "</s>"s), mask
+    the instruction's token count minus 2 (BOS and the "▁" of the trailing space); `<image>` counts as its expanded
+    tokens. A round after the first is counted as it is tokenized after "</s>", with no "▁" in front: the original
+    tokenizes it alone and subtracts one token for that "▁" (its `not tokenizer.legacy` correction), which is right for
+    Vicuna's vocabulary; counting after "</s>" (one token, standing in for BOS) is right for any vocabulary."""
 
-    def count(piece: str) -> int:
-        return len(tokenizer(piece).input_ids) + (IMAGE_SEQ_LENGTH - 1) * piece.count(IMAGE_TOKEN)
+    def count(piece: str, after_answer: bool) -> int:
+        ids = tokenizer(f"</s>{piece}" if after_answer else piece).input_ids  # BOS first, then "</s>" if after_answer
+        return len(ids) - (1 if after_answer else 0) + (IMAGE_SEQ_LENGTH - 1) * piece.count(IMAGE_TOKEN)
 
     labels = list(input_ids)
     labels[0] = IGNORE_INDEX
     position = 1
-    for round_text in text.split("</s>"):
+    for index, round_text in enumerate(text.split("</s>")):
         if not round_text:
             break
         instruction = round_text.split(" ASSISTANT: ")[0] + " ASSISTANT: "
-        labels[position : position + count(instruction) - 2] = [IGNORE_INDEX] * (count(instruction) - 2)
-        position += count(round_text)
+        masked = count(instruction, index > 0) - 2
+        labels[position : position + masked] = [IGNORE_INDEX] * masked
+        position += count(round_text, index > 0)
     labels[position:] = [IGNORE_INDEX] * (len(labels) - position)
     return labels
 
@@ -96,6 +106,14 @@ def test_v1_matches_the_inference_processor_and_the_original_labels(tmp_path, pr
     supervised = processor.tokenizer.decode([t for t in item["labels"].tolist() if t != IGNORE_INDEX])
     assert supervised.replace(" ", "") == "aredcircle</s>two</s>"
     assert (item["labels"][item["input_ids"] == processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)] == -100).all()
+
+
+def test_v1_text_only_rounds_match_the_original_labels(tmp_path, processor):
+    item = dataset(tmp_path, processor, [THREE_ROUNDS])[0]
+    text = format_v1(parse_record(THREE_ROUNDS, 0, "v1")).text
+    assert item["labels"].tolist() == original_v1_labels(text, item["input_ids"].tolist(), processor.tokenizer)
+    supervised = processor.tokenizer.decode([t for t in item["labels"].tolist() if t != IGNORE_INDEX])
+    assert supervised == "yellow</s> blue</s> one</s>"
 
 
 def test_plain_supervises_the_caption_and_newline_only(tmp_path, processor):
