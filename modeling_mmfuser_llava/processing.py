@@ -3,7 +3,9 @@
 No custom processor class is needed, so a Hub repo's `processor_config.json` loads with plain `AutoProcessor`.
 """
 
-from tokenizers import pre_tokenizers
+import re
+
+from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers
 from transformers import LlavaImageProcessorPil, LlavaProcessor, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
@@ -41,32 +43,60 @@ VICUNA_V1_CHAT_TEMPLATE = (
 )
 
 
-def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Add `<image>` and a pad token where missing and make the text after a special token start with "▁", as the
-    original's chunked tokenization does; returns how many tokens were added.
+def _with_normalized(token: AddedToken, normalized: bool) -> AddedToken:
+    """`token` with its `normalized` flag set; the backend replaces an added token given again with new flags."""
+    return AddedToken(
+        token.content, single_word=token.single_word, lstrip=token.lstrip, rstrip=token.rstrip,
+        normalized=normalized, special=token.special,
+    )
 
-    The original tokenizes the text on each side of `<image>` separately, so the text after it starts with
-    sentencepiece's dummy prefix "▁". A Llama tokenizer's Metaspace pre-tokenizer does the same after every special
-    token only with `prepend_scheme="always"` (transformers calls it `legacy=True`); transformers 5 defaults to
-    "first". The scheme is set on the backend itself, not only as a flag, because a flag does not survive a reload
-    and re-save (see `build_processor`). BOS is added, EOS is not, as in the original.
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Add `<image>` and a pad token where missing and put sentencepiece's dummy prefix "▁" where the original's
+    chunked tokenization puts it; returns how many tokens were added.
+
+    The original splits the prompt at `<image>` and tokenizes each chunk with Vicuna's slow Llama tokenizer
+    (`legacy=False`): a chunk starts with "▁" unless it starts with a special token, and the text after a special token
+    inside a chunk (the "</s>" closing an answer) gets none. A Metaspace pre-tokenizer cannot tell `<image>` from
+    "</s>": it sees the text between added tokens, not the token before it. The normalizer can, because added tokens
+    with `normalized=False` are split off before it runs and the others after it: `<image>` stays unnormalized, the
+    other special tokens become normalized, and the normalizer prepends "▁" to each chunk except before a leading
+    special token (which also keeps the special tokens' own normalized forms, which they are matched by, unchanged).
+    Metaspace then only replaces spaces. Non-special added tokens (Vicuna has none) become unnormalized, so they are
+    still matched anywhere and, as before, followed by "▁". The backend itself is changed: `portable_tokenizer` saves
+    it verbatim. BOS is added, EOS is not, as in the original.
     """
-    added = tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    image = AddedToken(IMAGE_TOKEN, normalized=False, special=True)
+    added = tokenizer.add_special_tokens({"additional_special_tokens": [image]})
     if tokenizer.pad_token is None:
         added += tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     backend = tokenizer.backend_tokenizer
-    if isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace):
-        backend.pre_tokenizer.prepend_scheme = "always"
-    tokenizer.init_kwargs.update(legacy=True, add_bos_token=True, add_eos_token=False)
+    metaspace = backend.pre_tokenizer
+    if isinstance(metaspace, pre_tokenizers.Metaspace) and metaspace.prepend_scheme != "never":
+        others = [token for token in backend.get_added_tokens_decoder().values() if token.content != IMAGE_TOKEN]
+        specials = [token for token in others if token.special]  # never empty: the pad token is one
+        backend.add_special_tokens([_with_normalized(token, True) for token in specials])
+        backend.add_tokens([_with_normalized(token, False) for token in others if not token.special])
+        prefix = metaspace.replacement
+        before_special = "|".join(re.escape(token.content) for token in specials)
+        kept = [backend.normalizer] if backend.normalizer is not None else []
+        backend.normalizer = normalizers.Sequence([
+            *kept,
+            normalizers.Prepend(prefix),
+            normalizers.Replace(Regex(rf"\A{re.escape(prefix)}(?={before_special})"), ""),
+        ])
+        metaspace.prepend_scheme = "never"
+    tokenizer.init_kwargs.update(add_bos_token=True, add_eos_token=False)
     return added
 
 
 def portable_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerFast:
     """The same tokenization as a generic fast tokenizer, which saves and loads `tokenizer.json` verbatim.
 
-    A `LlamaTokenizer` rebuilds its pre-tokenizer from the `legacy` flag when loaded, and transformers 5.23 drops that
-    flag when a loaded tokenizer is saved again: the second save of a Hub folder would lose the "▁" after `<image>`.
-    The generic class has no such flag, so every later save keeps the ids.
+    A `LlamaTokenizer` rebuilds its normalizer (none) and its Metaspace pre-tokenizer (from the `legacy` flag, which
+    transformers 5.23 drops when a loaded tokenizer is saved again) when loaded: a saved one would lose what
+    `prepare_tokenizer` set. The generic class keeps the normalizer, the pre-tokenizer and the added tokens'
+    `normalized` flags of `tokenizer.json`, so every later save keeps the ids.
     """
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer.backend_tokenizer,

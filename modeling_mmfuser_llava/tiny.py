@@ -61,7 +61,7 @@ def build_tiny_tokenizer(sentencepiece_model: bytes | None = None) -> LlamaToken
     """A transformers Llama tokenizer converted from `sentencepiece_model`, with `<image>` and `<pad>` added."""
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "tokenizer.model").write_bytes(sentencepiece_model or train_tiny_sentencepiece())
-        tokenizer = LlamaTokenizer.from_pretrained(folder, legacy=True, add_bos_token=True, add_eos_token=False)
+        tokenizer = LlamaTokenizer.from_pretrained(folder, add_bos_token=True, add_eos_token=False)
     prepare_tokenizer(tokenizer)
     return tokenizer
 

@@ -75,17 +75,19 @@ def single_turn(question: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
+MULTI_TURN = single_turn("What is shown?") + [
+    {"role": "assistant", "content": [{"type": "text", "text": "A red circle."}]},
+    {"role": "user", "content": "And its colour?"},
+]
+
+
 def test_chat_template_gives_the_original_vicuna_v1_prompt(sentencepiece_and_processor):
     processor = sentencepiece_and_processor[1]
     prompt = processor.apply_chat_template(single_turn("What is shown?"), add_generation_prompt=True)
     assert prompt == f"{VICUNA_V1_SYSTEM_PROMPT} USER: <image>\nWhat is shown? ASSISTANT:"
-    conversation = single_turn("What is shown?") + [
-        {"role": "assistant", "content": [{"type": "text", "text": "A red circle."}]},
-        {"role": "user", "content": "And its colour?"},
-    ]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    expected = f"{VICUNA_V1_SYSTEM_PROMPT} USER: <image>\nWhat is shown? ASSISTANT: A red circle.</s>USER: And its colour? ASSISTANT:"
-    assert prompt == expected
+    prompt = processor.apply_chat_template(MULTI_TURN, add_generation_prompt=True)
+    expected = "USER: <image>\nWhat is shown? ASSISTANT: A red circle.</s>USER: And its colour? ASSISTANT:"
+    assert prompt == f"{VICUNA_V1_SYSTEM_PROMPT} {expected}"
     custom = [{"role": "system", "content": "Be brief."}] + single_turn("Hi")
     assert processor.apply_chat_template(custom, add_generation_prompt=True) == "Be brief. USER: <image>\nHi ASSISTANT:"
 
@@ -108,31 +110,52 @@ def test_token_ids_equal_the_originals(sentencepiece_and_processor, question):
     assert pieces == ["▁", "▁", "<0x0A>"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known divergence: the processor's Metaspace prepends '▁' after every special token (needed after "
-    "<image>), so the text after an assistant turn's '</s>' starts with '▁' where the original (legacy=False) has none",
-)
 def test_multi_turn_token_ids_equal_the_originals(sentencepiece_and_processor):
     original, processor = sentencepiece_and_processor
-    conversation = single_turn("What is shown?") + [
-        {"role": "assistant", "content": [{"type": "text", "text": "A red circle."}]},
-        {"role": "user", "content": "And its colour?"},
-    ]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    prompt = processor.apply_chat_template(MULTI_TURN, add_generation_prompt=True)
     ours = processor(images=Image.new("RGB", (40, 30), "white"), text=prompt)["input_ids"][0]
     expected = original_tokenizer_image_token(prompt, original)
     assert expected.count(original.model.eos_id()) == 1  # the assistant turn's "</s>" is the EOS id, not its letters
     assert collapse_image_tokens(ours, processor.image_token_id) == expected
+    # The text after "</s>" has no "▁", unlike the text after <image>:
+    after_answer = expected[expected.index(original.model.eos_id()) + 1]
+    assert not original.model.id_to_piece(after_answer).startswith("▁")
+
+
+@pytest.mark.parametrize("text", ["</s>USER: hi", "<s> two", " leading space", "<image>b</s>c", "x <image>"])
+def test_edge_texts_token_ids_equal_the_originals(sentencepiece_and_processor, text):
+    """Chunks that start with a special token or a space, and empty chunks around an image, as the original."""
+    original, processor = sentencepiece_and_processor
+    ours = processor.tokenizer(text)["input_ids"]
+    assert collapse_image_tokens(ours, processor.image_token_id) == original_tokenizer_image_token(text, original)
+
+
+@pytest.mark.parametrize("answer", ["A red circle.", "Two  shapes:\n3 é, left"])
+def test_generated_answers_decode_to_their_text(sentencepiece_and_processor, answer):
+    """Answer ids as the model learns to generate them (after "ASSISTANT:", closed by "</s>", then padded in a batch)
+    decode to the answer with no space gained or lost, as sentencepiece decodes them."""
+    original, processor = sentencepiece_and_processor
+    tokenizer = processor.tokenizer
+    rows = []
+    for conversation in (single_turn("What is shown?"), MULTI_TURN):
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(f"{prompt} {answer}</s>")["input_ids"]
+        assert ids[: len(prompt_ids)] == prompt_ids
+        rows.append(ids[len(prompt_ids) :])
+    assert rows[0] == rows[1] and rows[0][-1] == tokenizer.eos_token_id
+    batch = [rows[0] + [tokenizer.pad_token_id] * 2, rows[1]]  # generate pads a row that finished early
+    assert tokenizer.batch_decode(batch, skip_special_tokens=True) == [answer, answer]
+    assert original.model.decode(rows[0]) == answer
 
 
 def test_token_ids_survive_save_reload_and_resave(sentencepiece_and_processor, tmp_path):
-    """transformers 5 drops a Llama tokenizer's `legacy` flag on a re-save: two save/load rounds keep the ids."""
+    """Two save/load rounds keep the ids: the normalizer and the special tokens' `normalized` flags are saved."""
     original, processor = sentencepiece_and_processor
     processor.save_pretrained(tmp_path / "first")
     AutoProcessor.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "second")
     reloaded = AutoProcessor.from_pretrained(tmp_path / "second")
-    prompt = reloaded.apply_chat_template(single_turn("What is in this image?"), add_generation_prompt=True)
+    prompt = reloaded.apply_chat_template(MULTI_TURN, add_generation_prompt=True)
     ids = reloaded(images=Image.new("RGB", (8, 8)), text=prompt)["input_ids"][0]
     expected = original_tokenizer_image_token(prompt, original)
     assert collapse_image_tokens(ids, reloaded.image_token_id) == expected

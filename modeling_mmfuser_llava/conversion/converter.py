@@ -65,13 +65,11 @@ class ConversionSummary:
 def load_original_tokenizer(
     folder: Path, settings: OriginalSettings, vocabulary_rows: int
 ) -> tuple[PreTrainedTokenizerBase, list[str]]:
-    """The checkpoint's Llama tokenizer with `<image>` (and `<pad>` if it had no pad token) added; the added tokens.
-
-    `legacy=True` reproduces the original's chunked tokenization around `<image>` (see `prepare_tokenizer`).
-    """
+    """The checkpoint's Llama tokenizer with `<image>` (and `<pad>` if it had no pad token) added and the original's
+    chunked tokenization set up by `prepare_tokenizer`; the added tokens."""
     try:
         # config: the original's model_type is unknown to AutoConfig
-        tokenizer = AutoTokenizer.from_pretrained(folder, config=settings.llama_config(), legacy=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, config=settings.llama_config())
     except (OSError, ValueError) as error:
         raise ConversionError(f"cannot load the tokenizer of {folder}: {error}") from None
     if len(tokenizer) != vocabulary_rows:
