@@ -2,6 +2,8 @@
 were."""
 
 import copy
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
+    LlamaTokenizer,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
@@ -20,16 +23,27 @@ from transformers import (
 from modeling_mmfuser_llava import MMFuserLlavaConfig
 from modeling_mmfuser_llava.cli import main
 from modeling_mmfuser_llava.conversion import ConversionError
-from modeling_mmfuser_llava.conversion.upcycle import fresh_fuser, upcycle_llava, upcycled_config
+from modeling_mmfuser_llava.conversion.upcycle import fresh_fuser, upcycle_llava, upcycled_config, upcycled_processor
 from modeling_mmfuser_llava.deformable_attention import sampling_offset_bias
-from modeling_mmfuser_llava.processing import VICUNA_V1_CHAT_TEMPLATE
-from modeling_mmfuser_llava.tiny import build_tiny_tokenizer
+from modeling_mmfuser_llava.processing import VICUNA_V1_CHAT_TEMPLATE, prepare_tokenizer
+from modeling_mmfuser_llava.tiny import train_tiny_sentencepiece
 
 IMAGE_MEAN = (0.5, 0.4, 0.3)  # not CLIP's: the upcycled processor must keep the base's settings
 
 
+def llava_hf_style_tokenizer(with_pad: bool = True) -> LlamaTokenizer:
+    """A transformers 5 Llama tokenizer with `<image>` and `<pad>` added, as llava-hf ships: not prepared by us."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "tokenizer.model").write_bytes(train_tiny_sentencepiece())
+        tokenizer = LlamaTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if with_pad:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return tokenizer
+
+
 def tiny_llava_config(**overrides) -> LlavaConfig:
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = llava_hf_style_tokenizer()
     settings = dict(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=24,
                                        num_attention_heads=4, image_size=32, patch_size=4),
@@ -113,8 +127,21 @@ def test_upcycled_processor_keeps_the_base_settings_and_pads(base_folder, upcycl
     assert processor.image_processor.do_pad is True
     assert tuple(processor.image_processor.image_mean) == IMAGE_MEAN
     assert processor.image_processor.size == base.image_processor.size
-    text = "USER: <image>\nwhat is red ASSISTANT:"
+    # The base's tokenizer (transformers 5's Llama default, like llava-hf's) drops the original's "▁" after <image>;
+    # the upcycled one tokenizes as the original does (test_processor compares prepare_tokenizer with it).
+    text = "USER: <image>\nwhat is red ASSISTANT: red</s>USER: why ASSISTANT:"
+    assert processor.tokenizer.tokenize(text) != base.tokenizer.tokenize(text)
+    prepare_tokenizer(base.tokenizer)
     assert processor.tokenizer(text).input_ids == base.tokenizer(text).input_ids
+
+
+def test_base_tokenizer_without_pad_token_is_refused(tmp_path):
+    """Preparing it would add a `<pad>` token, for which the base's embeddings have no row."""
+    config, _ = tiny_llava_config()
+    tokenizer = llava_hf_style_tokenizer(with_pad=False)
+    LlavaProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer, patch_size=4).save_pretrained(tmp_path)
+    with pytest.raises(ConversionError, match="no pad token"):
+        upcycled_processor(tmp_path, upcycled_config(config))
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from ..configuration_mmfuser_llava import MMFuserLlavaConfig
 from ..fuser import MMFuserBlock
 from ..hub_folder import save_hub_folder
 from ..modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
-from ..processing import IMAGE_TOKEN, build_processor
+from ..processing import IMAGE_TOKEN, build_processor, prepare_tokenizer
 from .errors import ConversionError
 from .model_card import ModelCardInfo, build_model_card, with_default_base_model
 from .sources import resolve_folder
@@ -93,12 +93,15 @@ def upcycled_config(base_config, key_value_layers: tuple[int, ...] | None = None
 
 
 def upcycled_processor(base_folder: Path, config: MMFuserLlavaConfig) -> LlavaProcessor:
-    """The base's tokenizer and image settings, with pad-to-square and the vicuna_v1 chat template."""
+    """The base's tokenizer, tokenizing as the original does (`prepare_tokenizer`, as training does), and its image
+    settings, with pad-to-square and the vicuna_v1 chat template."""
     base = AutoProcessor.from_pretrained(base_folder)
     if not isinstance(base, LlavaProcessor):
         raise ConversionError(f"the processor of {base_folder} is a {type(base).__name__}, not a LlavaProcessor")
     if IMAGE_TOKEN not in base.tokenizer.get_vocab():
         raise ConversionError(f"the tokenizer of {base_folder} has no {IMAGE_TOKEN} token")
+    if prepare_tokenizer(base.tokenizer):  # the base's embeddings have no row for an added token
+        raise ConversionError(f"the tokenizer of {base_folder} has no pad token")
     vision = config.vision_config
     strategy = config.vision_feature_select_strategy
     processor = build_processor(base.tokenizer, vision.image_size, vision.patch_size, strategy)
