@@ -13,6 +13,7 @@ COMMANDS = (
     "train",
     "merge_lora",
     "make_synthetic_data",
+    "experiment",
     "convert",
     "upcycle",
 )

@@ -8,6 +8,7 @@ and a dummy prefix) trained here on a small word list.
 import io
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import sentencepiece
@@ -28,12 +29,11 @@ _CORPUS_WORDS = (
 ).split()
 
 
-def train_tiny_sentencepiece(vocab_size: int = 400, seed: int = 0) -> bytes:
-    """A Llama-style sentencepiece model (the same trainer options as Llama's) trained on a seeded toy corpus."""
+def train_tiny_sentencepiece(vocab_size: int = 400, seed: int = 0, words: Sequence[str] = _CORPUS_WORDS) -> bytes:
+    """A Llama-style sentencepiece model (the same trainer options as Llama's) trained on a seeded corpus: the system
+    prompt and random sentences of `words`."""
     rng = random.Random(seed)
-    sentences = [VICUNA_V1_SYSTEM_PROMPT] * 20 + [
-        " ".join(rng.choice(_CORPUS_WORDS) for _ in range(12)) for _ in range(2000)
-    ]
+    sentences = [VICUNA_V1_SYSTEM_PROMPT] * 20 + [" ".join(rng.choice(words) for _ in range(12)) for _ in range(2000)]
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),

@@ -1,0 +1,107 @@
+"""The whole experiment: task data, base models, every fusion x seed through the two-stage recipe, test accuracy.
+
+Runs go to a pool of worker processes with one torch thread each: on a CPU that is faster than threads inside one
+run (the models are tiny), and it keeps every run bit-for-bit reproducible whatever the number of workers.
+"""
+
+import json
+import multiprocessing
+import shutil
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import __version__
+
+from .base_models import write_base_models
+from .evaluation import evaluate
+from .recipe import FUSIONS, RecipeBudget, train_two_stages
+from .task import QUESTIONS, make_task_data
+
+RESULTS_FILE = "results.json"
+TABLE_FILE = "results.md"
+BEST_MMFUSER_DIR = "best-mmfuser"
+GROUPS = ("all", "fine", "coarse", *QUESTIONS)
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    models: tuple[str, ...] = tuple(FUSIONS)
+    num_train: int = 4000
+    num_test: int = 300
+    data_seed: int = 0
+    budget: RecipeBudget = RecipeBudget()
+
+
+def one_run(model: str, seed: int, output_dir: Path, settings: ExperimentSettings) -> dict:
+    """Train one model with one seed and score it; runs in a worker process."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    checkpoint = train_two_stages(FUSIONS[model], seed, output_dir / "base" / "llm", output_dir / "base" / "clip",
+                                  output_dir / "task", output_dir / "runs" / f"{model}-seed{seed}", settings.budget)
+    accuracy = evaluate(checkpoint, output_dir / "task")
+    return {"model": model, "seed": seed, "checkpoint": str(checkpoint), "accuracy": accuracy,
+            "seconds": time.perf_counter() - start}
+
+
+def run_experiment(output_dir: str | Path, settings: ExperimentSettings = ExperimentSettings(), workers: int = 2,
+                   overwrite: bool = False) -> dict:
+    """Run everything into `output_dir`; returns the results also written to `results.json` and `results.md`.
+
+    The best MMFuser run (by overall test accuracy, ties to the lower seed) is copied to `best-mmfuser/`.
+    """
+    output_dir = Path(output_dir)
+    unknown = sorted(set(settings.models) - set(FUSIONS))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}: choose among {list(FUSIONS)}")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists and is not empty: pass overwrite=True (--overwrite) to replace it")
+    shutil.rmtree(output_dir, ignore_errors=True)
+    start = time.perf_counter()
+    make_task_data(output_dir / "task", settings.num_train, settings.num_test, settings.data_seed)
+    torch.set_num_threads(max(1, workers))
+    _, _, pretraining_losses = write_base_models(output_dir / "task", output_dir / "base", seed=settings.data_seed)
+    jobs = [(model, seed) for seed in settings.seeds for model in settings.models]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(one_run, model, seed, output_dir, settings) for model, seed in jobs]
+        runs = [future.result() for future in futures]
+    results = {"settings": asdict(settings), "versions": {"torch": torch.__version__, "transformers": __version__},
+               "pretraining_loss": pretraining_losses,
+               "runs": runs, "summary": summarize(runs, settings.models), "seconds": time.perf_counter() - start}
+    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
+    (output_dir / TABLE_FILE).write_text(format_table(results["summary"], len(settings.seeds)) + "\n")
+    mmfuser_runs = [run for run in runs if run["model"] == "mmfuser"]
+    if mmfuser_runs:
+        best = max(mmfuser_runs, key=lambda run: (run["accuracy"]["all"], -run["seed"]))
+        shutil.copytree(best["checkpoint"], output_dir / BEST_MMFUSER_DIR)
+    return results
+
+
+def summarize(runs: list[dict], models: tuple[str, ...]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per model and question group: mean and sample standard deviation of the accuracy over seeds."""
+    summary = {}
+    for model in models:
+        scores = [run["accuracy"] for run in runs if run["model"] == model]
+        summary[model] = {
+            group: (statistics.mean(s[group] for s in scores),
+                    statistics.stdev(s[group] for s in scores) if len(scores) > 1 else 0.0)
+            for group in GROUPS
+        }
+    return summary
+
+
+def format_table(summary: dict[str, dict[str, tuple[float, float]]], num_seeds: int) -> str:
+    """A Markdown table: test accuracy in %, mean ± standard deviation over the seeds."""
+    header = f"| model ({num_seeds} seeds) | " + " | ".join(GROUPS) + " |"
+    rows = [header, "|" + "---|" * (len(GROUPS) + 1)]
+    for model, groups in summary.items():
+        cells = [f"{100 * mean:.1f} ± {100 * spread:.1f}" for mean, spread in (groups[g] for g in GROUPS)]
+        rows.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+__all__ = ["BEST_MMFUSER_DIR", "ExperimentSettings", "format_table", "run_experiment", "summarize"]

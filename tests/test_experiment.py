@@ -1,0 +1,123 @@
+"""The toy experiment: its task data, the pipeline end to end on a tiny budget, and the table it prints."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from modeling_mmfuser_llava.cli import main
+from modeling_mmfuser_llava.experiment.comparison import (
+    BEST_MMFUSER_DIR,
+    ExperimentSettings,
+    format_table,
+    run_experiment,
+    summarize,
+)
+from modeling_mmfuser_llava.experiment.recipe import RecipeBudget
+from modeling_mmfuser_llava.experiment.task import (
+    FILES,
+    IMAGE_DIR,
+    MARK_COLOURS,
+    MARK_PATTERNS,
+    MAX_MARKS,
+    MIN_MARKS,
+    SHAPE_COLOURS,
+    QUESTIONS,
+    SHAPES,
+    make_task_data,
+)
+from modeling_mmfuser_llava.modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
+
+
+def read(folder, name):
+    return json.loads((folder / FILES[name]).read_text())
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return make_task_data(tmp_path_factory.mktemp("task") / "task", num_train=24, num_test=6, seed=3)
+
+
+def test_task_files_hold_what_each_stage_needs(task):
+    clip, stage1, stage2, test = (read(task, name) for name in ("clip", "stage1", "stage2", "test"))
+    assert len(clip) == len(stage1) == len(stage2) == 24 and len(test) == 6 * 4
+    # Alt-text for CLIP names the large shape only; the stage-1 caption names the dot as well.
+    assert all(record["caption"].split()[1:] in ([c, s] for c in SHAPE_COLOURS for s in SHAPES) for record in clip)
+    assert all("small" in sample["conversations"][1]["value"] for sample in stage1)
+    assert all(len(sample["conversations"]) == 8 for sample in stage2)
+    kinds = {sample["kind"]: sample["fine_grained"] for sample in test}
+    assert kinds == {"mark_colour": True, "mark_pattern": True, "shape": False, "shape_colour": False}
+    assert not {sample["image"] for sample in test} & {sample["image"] for sample in stage2}
+
+
+def test_the_answers_are_in_the_pictures(task):
+    """Twelve to sixteen marks of the stated colour and 3x3 pattern, one per grid cell; the large shape's colour too."""
+    by_image = {}
+    for sample in read(task, "test"):
+        by_image.setdefault(sample["image"], {})[sample["kind"]] = sample["conversations"][1]["value"]
+    for image_name, answers in by_image.items():
+        with Image.open(task / IMAGE_DIR / image_name) as image:
+            pixels = torch.tensor(list(image.getdata())).view(32, 32, 3)
+        assert (pixels == torch.tensor(SHAPE_COLOURS[answers["shape_colour"]])).all(-1).sum() > 50
+        is_mark = (pixels == torch.tensor(MARK_COLOURS[answers["mark_colour"]])).all(-1)
+        marks = {}
+        for y, x in is_mark.nonzero().tolist():
+            marks.setdefault((y // 4, x // 4), []).append((x, y))
+        assert MIN_MARKS <= len(marks) <= MAX_MARKS
+        for points in marks.values():
+            left, top = min(x for x, _ in points), min(y for _, y in points)
+            assert {(x - left, y - top) for x, y in points} == set(MARK_PATTERNS[answers["mark_pattern"]])
+
+
+def test_task_data_is_seeded(task, tmp_path):
+    again = make_task_data(tmp_path / "again", num_train=24, num_test=6, seed=3)
+    other = make_task_data(tmp_path / "other", num_train=24, num_test=6, seed=4)
+    for name in FILES:
+        assert (again / FILES[name]).read_bytes() == (task / FILES[name]).read_bytes()
+    assert (other / FILES["stage2"]).read_bytes() != (task / FILES["stage2"]).read_bytes()
+    for image in (task / IMAGE_DIR).iterdir():
+        assert (again / IMAGE_DIR / image.name).read_bytes() == image.read_bytes()
+
+
+def test_summary_and_table():
+    runs = [{"model": "mmfuser", "seed": seed, "accuracy": dict.fromkeys(
+        ("all", "fine", "coarse", *QUESTIONS), value)}
+        for seed, value in enumerate((0.5, 0.7, 0.9))]
+    summary = summarize(runs, ("mmfuser",))
+    mean, spread = summary["mmfuser"]["fine"]
+    assert mean == pytest.approx(0.7) and spread == pytest.approx(0.2)
+    assert "| mmfuser | 70.0 ± 20.0 |" in format_table(summary, 3)
+
+
+def test_experiment_runs_end_to_end_on_a_tiny_budget(tmp_path):
+    """Every stage of the pipeline, two compared models, one seed, two steps per stage: the wiring, not the science."""
+    settings = ExperimentSettings(seeds=(0,), models=("llava", "mmfuser"), num_train=64, num_test=3,
+                                  budget=RecipeBudget(max_steps=2, batch_size=4))
+    results = run_experiment(tmp_path / "out", settings, workers=1)
+    assert [(run["model"], run["seed"]) for run in results["runs"]] == [("llava", 0), ("mmfuser", 0)]
+    for run in results["runs"]:
+        assert 0 <= run["accuracy"]["all"] <= 1 and set(run["accuracy"]) >= {"fine", "coarse"}
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert table.startswith("| model (1 seeds) |") and "| llava |" in table and "| mmfuser |" in table
+    best = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "out" / BEST_MMFUSER_DIR)
+    assert best.config.fuser_fusion == "mmfuser" and best.config.fuser_num_heads == 4
+    baseline = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "out" / "runs" / "llava-seed0" / "stage2")
+    assert baseline.config.fuser_fusion == "none"
+    # Both started from the same frozen tower: identical vision weights.
+    assert all(torch.equal(a, b) for a, b in zip(best.model.vision_tower.state_dict().values(),
+                                                   baseline.model.vision_tower.state_dict().values()))
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_experiment(tmp_path / "out", settings)
+
+
+def test_experiment_refuses_an_unknown_model(tmp_path):
+    with pytest.raises(ValueError, match="unknown models"):
+        run_experiment(tmp_path / "out", ExperimentSettings(models=("llava", "fancy")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_experiment_command_rejects_an_unknown_model(capsys):
+    with pytest.raises(SystemExit):
+        main(["experiment", "out", "--models", "fancy"])
+    assert "invalid choice: 'fancy'" in capsys.readouterr().err
