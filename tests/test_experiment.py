@@ -1,10 +1,12 @@
 """The toy experiment: its task data, the pipeline end to end on a tiny budget, and the table it prints."""
 
 import json
+from collections import Counter
 
 import pytest
 import torch
 from PIL import Image
+from transformers import CLIPVisionModel
 
 from modeling_mmfuser_llava.cli import main
 from modeling_mmfuser_llava.experiment.comparison import (
@@ -14,6 +16,7 @@ from modeling_mmfuser_llava.experiment.comparison import (
     run_experiment,
     summarize,
 )
+from modeling_mmfuser_llava.experiment.layer_probe import probe_layers
 from modeling_mmfuser_llava.experiment.recipe import RecipeBudget
 from modeling_mmfuser_llava.experiment.task import (
     FILES,
@@ -27,6 +30,7 @@ from modeling_mmfuser_llava.experiment.task import (
     SHAPES,
     make_task_data,
 )
+from modeling_mmfuser_llava.experiment.vision_pretraining import tiny_clip_config
 from modeling_mmfuser_llava.modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
 
 
@@ -80,6 +84,16 @@ def test_task_data_is_seeded(task, tmp_path):
         assert (again / IMAGE_DIR / image.name).read_bytes() == image.read_bytes()
 
 
+def test_make_synthetic_data_writes_the_task(tmp_path, capsys):
+    argv = ["make-synthetic-data", str(tmp_path / "cli"), "--kind", "finegrained", "--num-samples", "24",
+            "--num-test", "6", "--seed", "3"]
+    assert main(argv) == 0
+    direct = make_task_data(tmp_path / "direct", num_train=24, num_test=6, seed=3)
+    for name in FILES:
+        assert (tmp_path / "cli" / FILES[name]).read_bytes() == (direct / FILES[name]).read_bytes()
+    assert f"--image_folder {tmp_path / 'cli' / IMAGE_DIR}" in capsys.readouterr().out
+
+
 def test_summary_and_table():
     runs = [{"model": "mmfuser", "seed": seed, "accuracy": dict.fromkeys(
         ("all", "fine", "coarse", *QUESTIONS), value)}
@@ -93,13 +107,18 @@ def test_summary_and_table():
 def test_experiment_runs_end_to_end_on_a_tiny_budget(tmp_path):
     """Every stage of the pipeline, two compared models, one seed, two steps per stage: the wiring, not the science."""
     settings = ExperimentSettings(seeds=(0,), models=("llava", "mmfuser"), num_train=64, num_test=3,
-                                  budget=RecipeBudget(max_steps=2, batch_size=4))
+                                  probe_steps=2, budget=RecipeBudget(max_steps=2, batch_size=4))
     results = run_experiment(tmp_path / "out", settings, workers=1)
     assert [(run["model"], run["seed"]) for run in results["runs"]] == [("llava", 0), ("mmfuser", 0)]
     for run in results["runs"]:
         assert 0 <= run["accuracy"]["all"] <= 1 and set(run["accuracy"]) >= {"fine", "coarse"}
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.startswith("| model (1 seeds) |") and "| llava |" in table and "| mmfuser |" in table
+    # What each of the tower's 9 hidden states holds of each fact, as accuracies.
+    assert set(results["layer_probe"]) == set(QUESTIONS)
+    assert all(len(values) == 9 and all(0 <= value <= 1 for value in values)
+               for values in results["layer_probe"].values())
+    assert "| mark_pattern |" in table
     best = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "out" / BEST_MMFUSER_DIR)
     assert best.config.fuser_fusion == "mmfuser" and best.config.fuser_num_heads == 4
     baseline = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "out" / "runs" / "llava-seed0" / "stage2")
@@ -121,3 +140,21 @@ def test_experiment_command_rejects_an_unknown_model(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "out", "--models", "fancy"])
     assert "invalid choice: 'fancy'" in capsys.readouterr().err
+
+
+def test_layer_probe_reads_what_a_layer_holds(tmp_path):
+    """On an untrained tower the embeddings still hold the large shape's colour, which a probe must find; on a tower
+    blind to its pixels (zero patch embedding) it can do no better than always naming one colour."""
+    task = make_task_data(tmp_path / "task", num_train=300, num_test=60, seed=0)
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(tiny_clip_config(10, 9).vision_config)
+    tower.save_pretrained(tmp_path / "tower")
+    accuracy = probe_layers(tmp_path / "tower", task, steps=60, kinds=("shape_colour",))["shape_colour"]
+    assert len(accuracy) == 9 and accuracy[0] >= 0.9
+    with torch.no_grad():
+        tower.embeddings.patch_embedding.weight.zero_()
+    tower.save_pretrained(tmp_path / "blind")
+    most_frequent = max(Counter(sample["conversations"][1]["value"] for sample in read(task, "test")
+                                if sample["kind"] == "shape_colour").values()) / 60
+    blind = probe_layers(tmp_path / "blind", task, steps=60, kinds=("shape_colour",))["shape_colour"]
+    assert max(blind) <= most_frequent + 1e-6

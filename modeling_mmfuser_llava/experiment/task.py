@@ -44,6 +44,9 @@ QUESTIONS = {
     "shape": ("what shape is the large object", False),
     "shape_colour": ("what colour is the large shape", False),
 }
+# Question kind -> every answer it can have.
+ANSWERS = {"mark_colour": tuple(MARK_COLOURS), "mark_pattern": tuple(MARK_PATTERNS), "shape": SHAPES,
+           "shape_colour": tuple(SHAPE_COLOURS)}
 FILES = {"clip": "clip_captions.json", "stage1": "stage1.json", "stage2": "stage2.json", "test": "test.json"}
 IMAGE_DIR = "images"
 
@@ -145,6 +148,7 @@ def task_words() -> list[str]:
 
 
 __all__ = [
+    "ANSWERS",
     "FILES",
     "IMAGE_DIR",
     "MARK_COLOURS",
