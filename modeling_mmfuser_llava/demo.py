@@ -1,5 +1,11 @@
-"""Answer a question about an image with an MMFuser-LLaVA loaded the way users load it: through trust_remote_code."""
+"""Answer a question about an image with an MMFuser-LLaVA loaded the way users load it: through trust_remote_code.
 
+With no model given, the demo uses the tiny MMFuser-LLaVA bundled in the package: the best MMFuser run of
+`mmfuser-llava experiment`, trained on CPU to answer questions about a small dot and a large shape, and asks it a
+question about one of the bundled example pictures, whose right answer it knows.
+"""
+
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -10,8 +16,11 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
-EXAMPLE_IMAGE = resources.files(__package__) / "assets" / "example.png"
+ASSETS = Path(str(resources.files(__package__) / "assets"))
+EXAMPLE_IMAGE = ASSETS / "example.png"
 DEFAULT_PROMPT = "What is in this image?"
+TRAINED_TINY_MODEL = ASSETS / "trained-tiny"
+TRAINED_TINY_EXAMPLES = ASSETS / "trained-tiny-examples"
 
 
 @dataclass
@@ -19,6 +28,13 @@ class DemoAnswer:
     answer: str
     seconds: float
     model_path: str
+    expected: str | None = None  # the right answer, when the question is one of the bundled examples'
+
+
+def bundled_examples() -> list[dict]:
+    """The example pictures of the bundled model: `{"image": path, "questions": [{"question", "answer"}, ...]}`."""
+    examples = json.loads((TRAINED_TINY_EXAMPLES / "examples.json").read_text())
+    return [{**example, "image": TRAINED_TINY_EXAMPLES / example["image"]} for example in examples]
 
 
 def load_for_inference(
@@ -67,26 +83,44 @@ def answer_batch(
 def run_demo(
     model: str | Path | None = None,
     image: str | Path | None = None,
-    prompt: str = DEFAULT_PROMPT,
+    prompt: str | None = None,
     save_dir: str | Path | None = None,
     device: str = "cpu",
     load_in_4bit: bool = False,
     max_new_tokens: int = 32,
 ) -> DemoAnswer:
-    """Load `model` (or write the tiny model as a Hub folder and reload it) and answer `prompt` about `image`."""
-    image_path = Path(image) if image is not None else EXAMPLE_IMAGE
-    if image is not None and not image_path.is_file():
-        raise FileNotFoundError(f"no image at {image_path}")
+    """Load `model` (by default the bundled trained tiny model, written as a Hub folder first) through
+    trust_remote_code and answer `prompt` about `image`.
+
+    Defaults: the first bundled example picture and its first question; a bundled picture asked one of its
+    questions gets the right answer in `expected`.
+    """
+    examples = bundled_examples()
+    if image is not None and not Path(image).is_file():
+        raise FileNotFoundError(f"no image at {image}")
+    image_path = Path(image) if image is not None else examples[0]["image"]
+    if prompt is None:
+        prompt = examples[0]["questions"][0]["question"] if image is None else DEFAULT_PROMPT
+    known = {(example["image"].name, q["question"]): q["answer"] for example in examples for q in example["questions"]}
     with Image.open(image_path) as opened:
         picture = opened.convert("RGB")
     with tempfile.TemporaryDirectory() as scratch:
         if model is None:
-            model = Path(save_dir) if save_dir is not None else Path(scratch) / "mmfuser-llava-tiny"
-            write_tiny_hub_folder(model)
+            model = Path(save_dir) if save_dir is not None else Path(scratch) / "mmfuser-llava-tiny-trained"
+            write_trained_tiny_hub_folder(model)
         start = time.perf_counter()
         loaded, processor = load_for_inference(model, device=device, load_in_4bit=load_in_4bit)
         text = answer(loaded, processor, picture, prompt, max_new_tokens)
-        return DemoAnswer(text, time.perf_counter() - start, str(model))
+        return DemoAnswer(text, time.perf_counter() - start, str(model), known.get((image_path.name, prompt)))
+
+
+def write_trained_tiny_hub_folder(output_dir: str | Path) -> Path:
+    """The bundled trained tiny model as a Hub-layout folder, with this package's model code beside the weights."""
+    from .hub_folder import save_hub_folder
+    from .modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
+
+    model = MMFuserLlavaForConditionalGeneration.from_pretrained(TRAINED_TINY_MODEL)
+    return save_hub_folder(model, AutoProcessor.from_pretrained(TRAINED_TINY_MODEL), output_dir, overwrite=True)
 
 
 def write_tiny_hub_folder(output_dir: str | Path, seed: int = 0) -> Path:
@@ -98,4 +132,13 @@ def write_tiny_hub_folder(output_dir: str | Path, seed: int = 0) -> Path:
     return save_hub_folder(tiny, processor, output_dir, overwrite=True)
 
 
-__all__ = ["DemoAnswer", "answer", "answer_batch", "load_for_inference", "run_demo", "write_tiny_hub_folder"]
+__all__ = [
+    "DemoAnswer",
+    "answer",
+    "answer_batch",
+    "bundled_examples",
+    "load_for_inference",
+    "run_demo",
+    "write_tiny_hub_folder",
+    "write_trained_tiny_hub_folder",
+]

@@ -1,13 +1,17 @@
-"""`mmfuser-llava demo`: answer a question about an image, with the tiny offline model unless --model is given."""
+"""`mmfuser-llava demo`: answer a question about an image, with the bundled tiny trained model unless --model is set."""
 
 import argparse
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help=__doc__.split(": ", 1)[1], description=__doc__)
-    parser.add_argument("--model", help="Hub id or local folder; default: the tiny model, built and saved offline")
-    parser.add_argument("--image", help="image file; default: the bundled example image")
-    parser.add_argument("--prompt", default=None, help="question about the image")
+    parser.add_argument(
+        "--model", help="Hub id or local folder; default: the bundled tiny model trained by `mmfuser-llava experiment`"
+    )
+    parser.add_argument("--image", help="image file; default: a bundled example picture")
+    parser.add_argument(
+        "--prompt", default=None, help="question about the image; default: the bundled example's first question"
+    )
     parser.add_argument("--save-dir", help="where to write the tiny model's Hub folder (default: a temporary folder)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--load-in-4bit", action="store_true", help="quantize the language model to 4 bits (nf4)")
@@ -16,12 +20,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DEFAULT_PROMPT, run_demo
+    from ..demo import run_demo
 
     result = run_demo(
         model=args.model,
         image=args.image,
-        prompt=args.prompt or DEFAULT_PROMPT,
+        prompt=args.prompt,
         save_dir=args.save_dir,
         device=args.device,
         load_in_4bit=args.load_in_4bit,
@@ -29,5 +33,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"model:  {result.model_path}")
     print(f"answer: {result.answer}")
+    if result.expected is not None:
+        print(f"right answer: {result.expected}")
     print(f"time:   {result.seconds:.2f} s (load through trust_remote_code + generate)")
     return 0
