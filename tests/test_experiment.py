@@ -16,6 +16,7 @@ from modeling_mmfuser_llava.experiment.comparison import (
     run_experiment,
     summarize,
 )
+from modeling_mmfuser_llava.experiment.demo_model import MODEL_FILES, bundle_demo_model
 from modeling_mmfuser_llava.experiment.layer_probe import probe_layers
 from modeling_mmfuser_llava.experiment.recipe import RecipeBudget
 from modeling_mmfuser_llava.experiment.task import (
@@ -128,6 +129,15 @@ def test_experiment_runs_end_to_end_on_a_tiny_budget(tmp_path):
                                                    baseline.model.vision_tower.state_dict().values()))
     with pytest.raises(FileExistsError, match="not empty"):
         run_experiment(tmp_path / "out", settings)
+    # Bundling the best run as the demo model: model and processor files only, the same weights.
+    examples = bundle_demo_model(tmp_path / "out" / BEST_MMFUSER_DIR, tmp_path / "out" / "task", num_examples=2,
+                                 model_dir=tmp_path / "bundle", examples_dir=tmp_path / "examples")
+    assert sorted(path.name for path in (tmp_path / "bundle").iterdir()) == sorted(MODEL_FILES)
+    bundled = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "bundle")
+    assert all(torch.equal(a, b) for a, b in zip(bundled.state_dict().values(), best.state_dict().values()))
+    listed = json.loads((tmp_path / "examples" / "examples.json").read_text())
+    assert listed == examples and len(examples) <= 2
+    assert all((tmp_path / "examples" / example["image"]).is_file() for example in examples)
 
 
 def test_experiment_refuses_an_unknown_model(tmp_path):

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--num-test", type=int, default=300, help="test pictures (four questions each)")
     parser.add_argument("--max-steps", type=int, default=-1, help="cap each stage's steps (a quick check)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--bundle-demo-model", action="store_true",
+                        help="make the best MMFuser run the package's demo model (for the project's maintainers)")
     parser.set_defaults(run=run)
 
 
@@ -32,4 +34,13 @@ def run(args: argparse.Namespace) -> int:
     results = run_experiment(args.output_dir, settings, workers=args.workers, overwrite=args.overwrite)
     print(format_table(results["summary"], len(settings.seeds)))
     print(f"\n{len(results['runs'])} runs in {results['seconds']:.0f} s; results in {args.output_dir}")
+    if args.bundle_demo_model:
+        from pathlib import Path
+
+        from ..experiment.comparison import BEST_MMFUSER_DIR
+        from ..experiment.demo_model import bundle_demo_model
+
+        output_dir = Path(args.output_dir)
+        examples = bundle_demo_model(output_dir / BEST_MMFUSER_DIR, output_dir / "task")
+        print(f"bundled {output_dir / BEST_MMFUSER_DIR} as the demo model, with {len(examples)} example pictures")
     return 0
