@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from ..hub_folder import staged_output
-from ..processing import build_processor
+from ..processing import build_image_processor
 from .task import FILES, IMAGE_DIR, IMAGE_SIZE
 
 PATCH_SIZE = 8
@@ -48,7 +48,7 @@ class CaptionedImages(torch.utils.data.Dataset):
 
     def __init__(self, task_dir: Path, tokenizer: PreTrainedTokenizerBase):
         records = json.loads((task_dir / FILES["clip"]).read_text())
-        image_processor = build_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE).image_processor
+        image_processor = build_image_processor(IMAGE_SIZE)
         images = []
         for record in records:
             with Image.open(task_dir / IMAGE_DIR / record["image"]) as image:
@@ -98,8 +98,7 @@ def pretrain_vision_tower(
             output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
             learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine", weight_decay=0.1,
             logging_steps=5, logging_first_step=True, save_strategy="no", report_to="none", use_cpu=True,
-            disable_tqdm=True, seed=seed,
-            remove_unused_columns=False, dataloader_drop_last=True,
+            disable_tqdm=True, seed=seed, remove_unused_columns=False, dataloader_drop_last=True,
         )
         trainer = Trainer(model=model, args=arguments, train_dataset=dataset, data_collator=dataset.collate)
         trainer.train()
