@@ -111,6 +111,9 @@ def test_experiment_runs_end_to_end_on_a_tiny_budget(tmp_path):
                                   probe_steps=2, budget=RecipeBudget(max_steps=2, batch_size=4))
     results = run_experiment(tmp_path / "out", settings, workers=1)
     assert [(run["model"], run["seed"]) for run in results["runs"]] == [("llava", 0), ("mmfuser", 0)]
+    assert [run["checkpoint"] for run in results["runs"]] == ["runs/llava-seed0/stage2", "runs/mmfuser-seed0/stage2"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"] == results["runs"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # the staging folder became `out`
     for run in results["runs"]:
         assert 0 <= run["accuracy"]["all"] <= 1 and set(run["accuracy"]) >= {"fine", "coarse"}
     table = (tmp_path / "out" / "results.md").read_text()
@@ -140,10 +143,14 @@ def test_experiment_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert all((tmp_path / "examples" / example["image"]).is_file() for example in examples)
 
 
-def test_experiment_refuses_an_unknown_model(tmp_path):
+def test_experiment_refuses_bad_settings_before_writing_anything(tmp_path):
     with pytest.raises(ValueError, match="unknown models"):
         run_experiment(tmp_path / "out", ExperimentSettings(models=("llava", "fancy")))
-    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        run_experiment(tmp_path / "out", workers=0)
+    with pytest.raises(ValueError, match="num_train and num_test must be at least 1"):
+        run_experiment(tmp_path / "out", ExperimentSettings(num_test=0))
+    assert list(tmp_path.iterdir()) == []  # no output folder, no staging folder left behind
 
 
 def test_experiment_command_rejects_an_unknown_model(capsys):

@@ -15,7 +15,9 @@ def register(subparsers) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", choices=list(FUSIONS), default=list(FUSIONS),
                         help="llava: the penultimate layer alone; concat, average: Table I; mmfuser: the paper's")
-    parser.add_argument("--workers", type=int, default=2, help="runs trained at once, one CPU thread each")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="runs trained at once, one CPU thread each (and the threads of the shared pretraining: "
+                        "exact numbers depend on it)")
     parser.add_argument("--num-train", type=int, default=4000, help="training pictures")
     parser.add_argument("--num-test", type=int, default=300, help="test pictures (four questions each)")
     parser.add_argument("--max-steps", type=int, default=-1, help="cap each stage's steps (a quick check)")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import __version__
 
+from ..hub_folder import staged_output
 from .base_models import write_base_models
 from .evaluation import evaluate
 from .layer_probe import probe_layers
@@ -47,42 +48,45 @@ def one_run(model: str, seed: int, output_dir: Path, settings: ExperimentSetting
     checkpoint = train_two_stages(FUSIONS[model], seed, output_dir / "base" / "llm", output_dir / "base" / "clip",
                                   output_dir / "task", output_dir / "runs" / f"{model}-seed{seed}", settings.budget)
     accuracy = evaluate(checkpoint, output_dir / "task")
-    return {"model": model, "seed": seed, "checkpoint": str(checkpoint), "accuracy": accuracy,
+    return {"model": model, "seed": seed, "checkpoint": str(checkpoint.relative_to(output_dir)), "accuracy": accuracy,
             "seconds": time.perf_counter() - start}
 
 
 def run_experiment(output_dir: str | Path, settings: ExperimentSettings = ExperimentSettings(), workers: int = 2,
                    overwrite: bool = False) -> dict:
-    """Run everything into `output_dir`; returns the results also written to `results.json` and `results.md`.
+    """Run everything into `output_dir`, all or nothing; returns the results also written to `results.json` and
+    `results.md` (checkpoint paths relative to `output_dir`).
 
-    The best MMFuser run (by overall test accuracy, ties to the lower seed) is copied to `best-mmfuser/`.
+    The best MMFuser run (by overall test accuracy, ties to the lower seed) is copied to `best-mmfuser/`. The shared
+    pretraining runs on `workers` threads, the runs on one thread each: the numbers are exactly reproducible for the
+    same `workers` on the same machine type and versions.
     """
-    output_dir = Path(output_dir)
     unknown = sorted(set(settings.models) - set(FUSIONS))
     if unknown:
         raise ValueError(f"unknown models {unknown}: choose among {list(FUSIONS)}")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty: pass overwrite=True (--overwrite) to replace it")
-    shutil.rmtree(output_dir, ignore_errors=True)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
-    make_task_data(output_dir / "task", settings.num_train, settings.num_test, settings.data_seed)
-    torch.set_num_threads(max(1, workers))
-    _, clip, pretraining_losses = write_base_models(output_dir / "task", output_dir / "base", seed=settings.data_seed)
-    layer_probe = probe_layers(clip, output_dir / "task", settings.probe_steps, seed=settings.data_seed)
-    jobs = [(model, seed) for seed in settings.seeds for model in settings.models]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(one_run, model, seed, output_dir, settings) for model, seed in jobs]
-        runs = [future.result() for future in futures]
-    results = {"settings": asdict(settings), "versions": {"torch": torch.__version__, "transformers": __version__},
-               "pretraining_loss": pretraining_losses, "layer_probe": layer_probe,
-               "runs": runs, "summary": summarize(runs, settings.models), "seconds": time.perf_counter() - start}
-    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
-    (output_dir / TABLE_FILE).write_text(format_table(results["summary"], len(settings.seeds)) + "\n\n"
-                                         + format_probe_table(layer_probe) + "\n")
-    mmfuser_runs = [run for run in runs if run["model"] == "mmfuser"]
-    if mmfuser_runs:
-        best = max(mmfuser_runs, key=lambda run: (run["accuracy"]["all"], -run["seed"]))
-        shutil.copytree(best["checkpoint"], output_dir / BEST_MMFUSER_DIR)
+    with staged_output(output_dir, overwrite) as staging:
+        make_task_data(staging / "task", settings.num_train, settings.num_test, settings.data_seed)
+        torch.set_num_threads(workers)
+        _, clip, pretraining_losses = write_base_models(staging / "task", staging / "base", seed=settings.data_seed)
+        layer_probe = probe_layers(clip, staging / "task", settings.probe_steps, seed=settings.data_seed)
+        jobs = [(model, seed) for seed in settings.seeds for model in settings.models]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(one_run, model, seed, staging, settings) for model, seed in jobs]
+            runs = [future.result() for future in futures]
+        results = {"settings": asdict(settings), "workers": workers,
+                   "versions": {"torch": torch.__version__, "transformers": __version__},
+                   "pretraining_loss": pretraining_losses, "layer_probe": layer_probe,
+                   "runs": runs, "summary": summarize(runs, settings.models), "seconds": time.perf_counter() - start}
+        (staging / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
+        (staging / TABLE_FILE).write_text(format_table(results["summary"], len(settings.seeds)) + "\n\n"
+                                          + format_probe_table(layer_probe) + "\n")
+        mmfuser_runs = [run for run in runs if run["model"] == "mmfuser"]
+        if mmfuser_runs:
+            best = max(mmfuser_runs, key=lambda run: (run["accuracy"]["all"], -run["seed"]))
+            shutil.copytree(staging / best["checkpoint"], staging / BEST_MMFUSER_DIR)
     return results
 
 
