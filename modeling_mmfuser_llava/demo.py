@@ -1,7 +1,7 @@
 """Answer a question about an image with an MMFuser-LLaVA loaded the way users load it: through trust_remote_code.
 
 With no model given, the demo uses the tiny MMFuser-LLaVA bundled in the package: the best MMFuser run of
-`mmfuser-llava experiment`, trained on CPU to answer questions about a small dot and a large shape, and asks it a
+`mmfuser-llava experiment`, trained on CPU to answer questions about small marks beside a large shape, and asks it a
 question about one of the bundled example pictures, whose right answer it knows.
 """
 
@@ -101,7 +101,8 @@ def run_demo(
     image_path = Path(image) if image is not None else examples[0]["image"]
     if prompt is None:
         prompt = examples[0]["questions"][0]["question"] if image is None else DEFAULT_PROMPT
-    known = {(example["image"].name, q["question"]): q["answer"] for example in examples for q in example["questions"]}
+    known = {(example["image"].resolve(), q["question"]): q["answer"]
+             for example in examples for q in example["questions"]}
     with Image.open(image_path) as opened:
         picture = opened.convert("RGB")
     with tempfile.TemporaryDirectory() as scratch:
@@ -111,7 +112,7 @@ def run_demo(
         start = time.perf_counter()
         loaded, processor = load_for_inference(model, device=device, load_in_4bit=load_in_4bit)
         text = answer(loaded, processor, picture, prompt, max_new_tokens)
-        return DemoAnswer(text, time.perf_counter() - start, str(model), known.get((image_path.name, prompt)))
+        return DemoAnswer(text, time.perf_counter() - start, str(model), known.get((image_path.resolve(), prompt)))
 
 
 def write_trained_tiny_hub_folder(output_dir: str | Path) -> Path:
