@@ -77,6 +77,25 @@ def test_dry_run_lists_files_and_sizes_without_network(tmp_path, no_network):
         push_folder(tmp_path, "not a repo id", dry_run=True)
 
 
+def test_push_creates_the_repo_and_uploads_the_folder(tmp_path, monkeypatch):
+    """The real push path, with huggingface_hub's two calls recorded in place of the network."""
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *args, **kwargs: calls.append(("create_repo", args, kwargs)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kwargs: calls.append(("upload_folder", (), kwargs)))
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "upload.lock").write_text("")
+    files = push_folder(tmp_path, "someone/model", private=True, token="hf_test")
+    assert [file.path for file in files] == ["model.safetensors"]
+    assert [name for name, _, _ in calls] == ["create_repo", "upload_folder"]  # the repo exists before the upload
+    _, args, create = calls[0]
+    assert args == ("someone/model",) and create["private"] is True and create["exist_ok"] is True
+    upload = calls[1][2]
+    assert upload["repo_id"] == "someone/model" and upload["folder_path"] == tmp_path
+    assert upload["repo_type"] == create["repo_type"] == "model"
+    assert set(upload["ignore_patterns"]) == {".git/**", ".cache/**"}
+
+
 def test_convert_command_with_push_dry_run(original, tmp_path, capsys, no_network):
     source = write_original_checkpoint(tmp_path / "original", original, weight_format="safetensors")
     results = tmp_path / "results.json"

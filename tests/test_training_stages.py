@@ -148,3 +148,16 @@ with torch.no_grad():
 print(type(model).__module__)
 print(output[0, inputs["input_ids"].shape[1]:].tolist())
 """
+
+
+def test_report_to_tensorboard_writes_the_losses(tmp_path, tiny_checkpoint, captions):
+    """Progress goes where the Trainer sends it: with --report_to tensorboard, an event file holding the train loss."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(*training_argv(tmp_path / "stage1", tiny_checkpoint, captions, *STAGE1, "--report_to", "tensorboard"))
+    event_files = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert len(event_files) == 1, event_files
+    events = EventAccumulator(str(event_files[0].parent))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == 4  # one per step of the 4-step run (logging_steps 1)
