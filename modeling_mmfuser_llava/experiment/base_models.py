@@ -35,8 +35,8 @@ CONTEXT_FREE_WORDS = {"a", "and"}
 
 
 def context_then_caption(caption: str, rng: random.Random) -> str:
-    """"crosses red purple circle small a red circle and small purple crosses": the caption's words, shuffled, then
-    the caption."""
+    """The caption's content words in a random order, then the caption: for "a red circle and small purple crosses",
+    e.g. "crosses red purple circle small a red circle and small purple crosses"."""
     words = [word for word in caption.split() if word not in CONTEXT_FREE_WORDS]
     rng.shuffle(words)
     return f"{' '.join(words)} {caption}"
