@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # PyTorch's CPU wheel (the machine's local file where present); a GPU machine takes the default CUDA build instead.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-integration clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,13 @@ demo: setup
 	$(BIN)/mmfuser-llava demo $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not integration" $(PYTEST_ARGS)
+
+# Integrations in the environments users run them in (other transformers releases, vLLM, lmms-eval, DeepSpeed, FSDP,
+# a browser): slower, with venvs of their own cached under $$MMFUSER_LLAVA_CACHE (default ~/.cache/mmfuser-llava).
+# One of them: make test-integration PYTEST_ARGS=tests/test_integration_vllm.py
+test-integration: setup
+	$(BIN)/python -m pytest -q -m integration $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

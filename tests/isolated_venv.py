@@ -1,0 +1,120 @@
+"""Virtual environments of the tools users run this project in (another transformers release, vLLM, lmms-eval).
+
+A Hub user runs the project's model files under their own packages and without this package installed, so an
+integration is proven in a venv that holds only what that user installs: torch, then the tool with its own pins. Each
+venv is built once and cached outside the clone, under ``$MMFUSER_LLAVA_CACHE`` (default ``~/.cache/mmfuser-llava``),
+in a folder named after a hash of what it installs; a stamp written last marks it complete, so an interrupted build is
+redone and a changed requirement list builds a new venv beside the old one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+# The CPU wheel (on this machine's disk); a GPU machine takes the default build, as the Makefile does.
+TORCH = os.environ.get("MMFUSER_LLAVA_TORCH", "torch==2.13.0")
+# PyPI's builds of these are CUDA-linked and break `import` beside the CPU torch; tools pull them in regardless.
+CUDA_LINKED_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
+STAMP = "mmfuser-llava-venv.json"
+BUILD_TIMEOUT_SECONDS = 40 * 60
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MMFUSER_LLAVA_CACHE", Path.home() / ".cache" / "mmfuser-llava"))
+
+
+def has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def cached_venv(
+    name: str,
+    requirements: Sequence[str],
+    *,
+    constraints: Sequence[str] = (),
+    uninstall: Sequence[str] = CUDA_LINKED_COMPANIONS,
+) -> Path:
+    """The python of a venv holding torch and ``requirements`` (pip's syntax), built on first use and cached.
+
+    ``constraints`` pin versions without requesting packages (pip's ``-c``); ``uninstall`` is removed afterwards.
+    Concurrent callers (pytest-xdist workers) wait for one build instead of racing it.
+    """
+    torch_spec = None if has_gpu() else TORCH
+    recipe = {
+        "python": sys.version.split()[0],
+        "torch": torch_spec,
+        "requirements": list(requirements),
+        "constraints": list(constraints),
+        "uninstall": list(uninstall),
+    }
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    root = cache_root() / "venvs"
+    root.mkdir(parents=True, exist_ok=True)
+    venv = root / f"{name}-{key}"
+    python = venv / "bin" / "python"
+    with open(root / f"{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / STAMP).exists():
+            return python
+        shutil.rmtree(venv, ignore_errors=True)  # an interrupted build
+        _build(venv, python, torch_spec, requirements, constraints, uninstall)
+        frozen = _run([python, "-m", "pip", "freeze"]).stdout.split()
+        (venv / STAMP).write_text(json.dumps({**recipe, "installed": frozen}, indent=1))
+    return python
+
+
+def _build(venv: Path, python: Path, torch_spec: str | None, requirements, constraints, uninstall) -> None:
+    _run([sys.executable, "-m", "venv", venv])
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    if torch_spec:
+        _run([*pip, torch_spec])
+    constraint_file = venv / "constraints.txt"
+    constraint_file.write_text("\n".join([*constraints, torch_spec or ""]) + "\n")
+    _run([*pip, "-c", constraint_file, *requirements])
+    if uninstall:
+        _run([python, "-m", "pip", "uninstall", "--quiet", "--yes", *uninstall])
+
+
+def _run(command: Sequence, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(part) for part in command], capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS, **kwargs
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, command))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def user_environment(**extra: str) -> dict[str, str]:
+    """The environment of a Hub user's process: no PYTHONPATH into this clone, offline, quiet."""
+    environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    environment.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    return environment
+
+
+def run_as_user(python: Path, arguments: Sequence, cwd: Path, timeout: float, **extra_env: str):
+    """Run ``python arguments`` where a Hub user would: from ``cwd`` (outside the clone), with ``user_environment``.
+
+    Fails, with the child's output, if the process fails or if this package is importable there.
+    """
+    environment = user_environment(**extra_env)
+    find_package = "import importlib.util as u, sys; sys.exit(u.find_spec('modeling_mmfuser_llava') is not None)"
+    probe = subprocess.run(
+        [str(python), "-c", find_package], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+    )
+    if probe.returncode != 0:
+        raise AssertionError(f"modeling_mmfuser_llava is importable by {python}: the test would prove nothing")
+    result = subprocess.run(
+        [str(python), *map(str, arguments)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        command = " ".join(map(str, arguments))
+        raise AssertionError(f"{python} {command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
