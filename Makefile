@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # PyTorch's CPU wheel (the machine's local file where present); a GPU machine takes the default CUDA build instead.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-integration clean
+.PHONY: setup demo test test-integration clean web
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/mmfuser-llava demo $(ARGS)
+
+# The chat page on http://127.0.0.1:7860 (the bundled model unless ARGS="--model REPO_OR_FOLDER"); Ctrl-C stops it.
+web: setup
+	$(BIN)/mmfuser-llava web $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not integration" $(PYTEST_ARGS)

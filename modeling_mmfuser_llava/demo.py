@@ -55,6 +55,22 @@ def load_for_inference(
     return model, processor
 
 
+def user_message(text: str, with_image: bool = True) -> dict:
+    """A user turn in transformers' chat format; the picture goes with the first turn of a conversation only."""
+    picture = [{"type": "image"}] if with_image else []
+    return {"role": "user", "content": [*picture, {"type": "text", "text": text}]}
+
+
+def conversation_inputs(model, processor, images: list[Image.Image], conversations: list[list[dict]]):
+    """Model inputs for one conversation per image, through the processor's chat template (vicuna_v1), left-padded,
+    on the model's device and in its dtype, ready for `generate`."""
+    texts = [processor.apply_chat_template(messages, add_generation_prompt=True) for messages in conversations]
+    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="left")
+    inputs = inputs.to(model.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    return inputs
+
+
 def answer(model, processor, image: Image.Image, prompt: str, max_new_tokens: int = 32) -> str:
     """Greedy answer to `prompt` about `image`, in the vicuna_v1 conversation format."""
     return answer_batch(model, processor, [image], [prompt], max_new_tokens)[0]
@@ -64,16 +80,7 @@ def answer_batch(
     model, processor, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32
 ) -> list[str]:
     """Greedy answers to one prompt per image, generated as one left-padded batch."""
-    texts = [
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
-            add_generation_prompt=True,
-        )
-        for prompt in prompts
-    ]
-    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="left")
-    inputs = inputs.to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    inputs = conversation_inputs(model, processor, images, [[user_message(prompt)] for prompt in prompts])
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
@@ -138,8 +145,10 @@ __all__ = [
     "answer",
     "answer_batch",
     "bundled_examples",
+    "conversation_inputs",
     "load_for_inference",
     "run_demo",
+    "user_message",
     "write_tiny_hub_folder",
     "write_trained_tiny_hub_folder",
 ]

@@ -28,6 +28,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                       help="a training dataset (repeatable; default: the LLaVA-1.5 recipe's data)")
     card.add_argument("--eval-results", metavar="FILE",
                       help="JSON list of huggingface_hub EvalResult fields measured on THIS checkpoint (model-index)")
+    card.add_argument("--space", metavar="SPACE_ID",
+                      help="a Space serving this model (mmfuser-llava web --write-space), linked from the card")
     push = parser.add_argument_group("push")
     push.add_argument("--push-to-hub", metavar="REPO_ID", help="create this Hub repo and upload OUT to it")
     push.add_argument("--private", action="store_true", help="create the repo private")
@@ -49,6 +51,7 @@ def card_info(args: argparse.Namespace, default_base_models: list[str] = ()):
         base_models=args.base_model or list(default_base_models),
         datasets=args.dataset or list(LLAVA_15_DATASETS),
         eval_results=load_eval_results(args.eval_results) if args.eval_results else [],
+        space_id=args.space,
     )
 
 

@@ -37,7 +37,10 @@ MMFuser-LLaVA: LLaVA-1.5 whose projector sees the penultimate CLIP layer enriche
 deformable cross-attention ([MMFuser, arXiv:{{ arxiv_id }}](https://arxiv.org/abs/{{ arxiv_id }})).
 
 {{ provenance }}
-
+{% if space_id %}
+Try it in the browser: [a chat page about your picture](https://huggingface.co/spaces/{{ space_id }}) (written by
+`mmfuser-llava web --write-space`).
+{% endif %}
 - Vision layers: query `{{ query_layer }}`, keys/values `{{ key_value_layers }}` (indices into the vision tower's
   hidden states)
 - Weights: `{{ dtype }}` safetensors, native transformers key layout
@@ -110,6 +113,7 @@ class ModelCardInfo:
     base_models: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=lambda: list(LLAVA_15_DATASETS))
     eval_results: list[EvalResult] = field(default_factory=list)
+    space_id: str | None = None  # a Space serving this model (`mmfuser-llava web --write-space`), linked from the card
 
 
 def with_default_base_model(card: ModelCardInfo | None, name: str | Path) -> ModelCardInfo:
@@ -156,6 +160,7 @@ def build_model_card(info: ModelCardInfo, config: MMFuserLlavaConfig, provenance
         query_layer=config.vision_feature_layer,
         key_value_layers=list(config.fuser_key_value_layers),
         dtype=config.dtype,
+        space_id=info.space_id,
         has_eval_results=bool(info.eval_results),
         eval_results=info.eval_results,
         citation=CITATION,

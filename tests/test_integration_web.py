@@ -1,0 +1,132 @@
+"""`mmfuser-llava web` served on 127.0.0.1: its `/chat` API through gradio_client, and the page in a real browser.
+
+The browser is Debian's chromium (`.ci/run` installs it), driven headless by Playwright with a fresh profile: it opens
+the page, uploads a bundled picture, asks its question and a follow-up, and must find the right answers (the toy
+task's ground truth, from the bundled examples) in the chat; no request may leave 127.0.0.1.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from modeling_mmfuser_llava.demo import bundled_examples
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+START_TIMEOUT_SECONDS = 300
+ANSWER_TIMEOUT_SECONDS = 180
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mmfuser-llava web` with its defaults (the bundled model) on a free port; its URL. Stopped by its PID."""
+    folder = tmp_path_factory.mktemp("web-server")
+    port = free_port()
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(folder / "gradio"),
+                   "TOKENIZERS_PARALLELISM": "false"}
+    log = open(folder / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modeling_mmfuser_llava.cli", "web", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{(folder / 'server.log').read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no page at {url} after {START_TIMEOUT_SECONDS} s:\n{(folder / 'server.log').read_text()}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        log.close()
+
+
+def test_chat_api_through_gradio_client(server, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False, download_files=False, httpx_kwargs={"timeout": 60})
+    for example in bundled_examples():
+        question = example["questions"][0]
+        job = client.submit(handle_file(str(example["image"])), question["question"], api_name="/chat")
+        assert job.result(timeout=ANSWER_TIMEOUT_SECONDS) == question["answer"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    with pytest.raises(AppError, match="notes.txt is not a picture this page can read"):
+        client.submit(handle_file(str(notes)), "what colour", api_name="/chat").result(timeout=ANSWER_TIMEOUT_SECONDS)
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_page_in_a_browser_answers_the_bundled_question(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    example = bundled_examples()[1]
+    first, follow_up = example["questions"][0], example["questions"][2]
+    outside = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: None if request.url.startswith((server, "data:", "blob:"))
+                    else outside.append(request.url))
+            page.set_default_timeout(60_000)
+            page.goto(server)
+            page.locator("#picture input[type=file]").set_input_files(str(example["image"]))
+            expect(page.locator("#picture img")).to_be_visible()
+            bot_messages = page.locator("#chat [data-testid=bot]")
+            timings = []
+            for count, question in enumerate((first, follow_up), start=1):
+                page.locator("#question textarea").fill(question["question"])
+                start = time.perf_counter()
+                page.locator("#ask").click()
+                expect(bot_messages).to_have_count(count, timeout=ANSWER_TIMEOUT_SECONDS * 1000)
+                expect(bot_messages.nth(count - 1)).to_have_text(question["answer"],
+                                                                 timeout=ANSWER_TIMEOUT_SECONDS * 1000)
+                timings.append(time.perf_counter() - start)
+            user_messages = page.locator("#chat [data-testid=user]")
+            expect(user_messages).to_have_text([first["question"], follow_up["question"]])
+            page.screenshot(path=str(tmp_path / "web-demo.png"), full_page=True)
+        finally:
+            browser.close()
+    print(f"\nthe page answered in {timings[0]:.2f} s, the follow-up in {timings[1]:.2f} s "
+          f"(screenshot: {tmp_path / 'web-demo.png'})")
+    assert (tmp_path / "web-demo.png").stat().st_size > 10_000
+    assert outside == []  # no analytics, fonts or anything else from the network
+    if os.environ.get("MMFUSER_LLAVA_WEB_SCREENSHOT"):  # how docs/images/web-demo.png is made
+        shutil.copyfile(tmp_path / "web-demo.png", os.environ["MMFUSER_LLAVA_WEB_SCREENSHOT"])

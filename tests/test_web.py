@@ -1,0 +1,174 @@
+"""`mmfuser-llava web`: the page's functions called directly (no server), the Space writer and the command line.
+
+The right answers come from the bundled examples (the toy task's ground truth), not from the page's own code; the
+served page and the API over HTTP, and the page in a browser, are in tests/test_integration_web.py.
+"""
+
+import ast
+
+import gradio as gr
+import pytest
+from huggingface_hub import SpaceCard
+
+from modeling_mmfuser_llava.cli import main
+from modeling_mmfuser_llava.conversion import ModelCardInfo, build_model_card
+from modeling_mmfuser_llava.demo import answer, bundled_examples
+from modeling_mmfuser_llava.web import (
+    ChatModel,
+    build_app,
+    chat_api,
+    conversation,
+    generation_settings,
+    load_chat_model,
+    open_picture,
+    respond,
+)
+from modeling_mmfuser_llava.web_space import space_requirements, write_space
+
+GREEDY = generation_settings()
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> ChatModel:
+    """The page's default model: the bundled trained tiny model, loaded through trust_remote_code."""
+    return load_chat_model(None, scratch=tmp_path_factory.mktemp("web"))
+
+
+@pytest.fixture(scope="module")
+def example() -> dict:
+    return bundled_examples()[0]
+
+
+def test_default_model_offers_every_bundled_picture_and_question(chat_model):
+    expected = [[str(item["image"]), q["question"]] for item in bundled_examples() for q in item["questions"]]
+    assert chat_model.examples == expected and len(expected) == 16
+    assert chat_model.model.config.model_type == "mmfuser_llava"
+
+
+def test_api_answers_the_bundled_questions_right(chat_model):
+    for item in bundled_examples()[:2]:
+        for question in item["questions"][:2]:
+            assert chat_api(chat_model, {"path": str(item["image"])}, question["question"]) == question["answer"]
+
+
+def test_streamed_answer_grows_and_equals_the_plain_greedy_answer(chat_model, example):
+    question = example["questions"][2]
+    updates = list(respond(chat_model, str(example["image"]), f"  {question['question']} ", [], 64, 0.0, 1.0))
+    first_chat, first_turns, first_box = updates[0]
+    assert first_chat == [{"role": "user", "content": question["question"]}, {"role": "assistant", "content": ""}]
+    assert first_turns == [] and first_box == ""  # the question box empties as soon as the question is sent
+    partial_answers = [chat[-1]["content"] for chat, _, _ in updates]
+    assert all(later.startswith(earlier) for earlier, later in zip(partial_answers, partial_answers[1:]))
+    final_chat, final_turns, _ = updates[-1]
+    # Reference: the non-streaming greedy path of `mmfuser-llava demo` (generate without a streamer).
+    plain = answer(chat_model.model, chat_model.processor, open_picture(str(example["image"])), question["question"])
+    assert final_turns == [[question["question"], plain]] and plain == question["answer"]
+    assert final_chat[-1] == {"role": "assistant", "content": question["answer"]}
+
+
+def test_follow_up_questions_continue_the_conversation(chat_model, example):
+    turns = []
+    for question in example["questions"][:2]:
+        *_, (chat, turns, _) = respond(chat_model, str(example["image"]), question["question"], turns, 16, 0.0, 1.0)
+    assert turns == [[q["question"], q["answer"]] for q in example["questions"][:2]]
+    assert [message["role"] for message in chat] == ["user", "assistant"] * 2
+
+
+def test_conversation_is_vicuna_v1_with_the_picture_in_the_first_turn_only(chat_model):
+    messages = conversation([["what colour", "cyan"]], "what shape")
+    prompt = chat_model.processor.apply_chat_template(messages, add_generation_prompt=True)
+    system = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+              "detailed, and polite answers to the user's questions.")
+    # LLaVA-1.5's vicuna_v1 separators: " " after a user turn, "</s>" after an assistant turn.
+    assert prompt == f"{system} USER: <image>\nwhat colour ASSISTANT: cyan</s>USER: what shape ASSISTANT:"
+
+
+def test_generation_settings_are_greedy_unless_a_temperature_is_set():
+    assert GREEDY == {"max_new_tokens": 64, "do_sample": False}
+    assert generation_settings(8, 0.7, 0.9) == {"max_new_tokens": 8, "do_sample": True, "temperature": 0.7,
+                                                "top_p": 0.9}
+
+
+def test_sampling_settings_reach_generate(chat_model, example):
+    text = chat_model.answer(open_picture(str(example["image"])), "what colour", **generation_settings(3, 1.5, 0.9))
+    assert isinstance(text, str) and len(chat_model.processor.tokenizer(text)["input_ids"]) <= 3 + 1
+
+
+def test_a_file_that_is_not_a_picture_gets_a_clear_message(chat_model, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    with pytest.raises(gr.Error, match=r"report\.txt is not a picture this page can read: upload a PNG"):
+        chat_api(chat_model, {"path": str(notes), "orig_name": "report.txt"}, "what colour")
+    with pytest.raises(gr.Error, match="notes.txt is not a picture"):
+        list(respond(chat_model, str(notes), "what colour", [], 8, 0.0, 1.0))
+    with pytest.raises(gr.Error, match="Upload a picture first"):
+        chat_api(chat_model, None, "what colour")
+    with pytest.raises(gr.Error, match="Type a question"):
+        list(respond(chat_model, str(notes), "   ", [], 8, 0.0, 1.0))
+
+
+def test_the_page_exposes_chat_as_its_only_api(chat_model):
+    app = build_app(chat_model)
+    endpoints = app.get_api_info()["named_endpoints"]
+    assert list(endpoints) == ["/chat"]
+    parameters = endpoints["/chat"]["parameters"]
+    assert [parameter["component"] for parameter in parameters] == ["Image", "Textbox"]
+    assert [ret["component"] for ret in endpoints["/chat"]["returns"]] == ["Textbox"]
+    assert app.analytics_enabled is False
+
+
+def test_a_model_that_does_not_load_is_an_error_message_not_a_traceback(tmp_path, capsys):
+    assert main(["web", "--model", str(tmp_path / "missing")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"mmfuser-llava web: error: cannot load the model '{tmp_path / 'missing'}'")
+    assert "Traceback" not in error and len(error.splitlines()) == 1
+
+
+def test_write_space_needs_a_model(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["web", "--write-space", str(tmp_path / "space")])
+    assert exit_info.value.code == 2 and not (tmp_path / "space").exists()
+
+
+def test_space_folder_runs_the_page_for_the_model(tmp_path, capsys):
+    space = tmp_path / "space"
+    assert main(["web", "--write-space", str(space), "--model", "someone/mmfuser-llava-7b"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {space}"
+    assert sorted(path.relative_to(space).as_posix() for path in space.rglob("*") if path.is_file()) == [
+        "README.md", "app.py", "mmfuser_llava_web/__init__.py", "mmfuser_llava_web/assets/example.png",
+        "mmfuser_llava_web/demo.py", "mmfuser_llava_web/web.py", "requirements.txt",
+    ]
+    card = SpaceCard.load(space / "README.md").data
+    assert (card.sdk, card.sdk_version, card.app_file) == ("gradio", gr.__version__, "app.py")
+    assert card.models == ["someone/mmfuser-llava-7b"]
+    app = ast.parse((space / "app.py").read_text())
+    assigned = {node.targets[0].id: node.value.value for node in app.body if isinstance(node, ast.Assign)}
+    assert assigned == {"MODEL": "someone/mmfuser-llava-7b"}
+    imported = {node.module for node in ast.walk(app) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"mmfuser_llava_web.web"}
+    requirements = (space / "requirements.txt").read_text().splitlines()
+    assert any(line.startswith("gradio") for line in requirements)
+    assert any(line.startswith("transformers") for line in requirements)
+    assert not any(line.startswith(("bitsandbytes", "pytest", "peft")) for line in requirements)
+    assert [line for line in space_requirements(load_in_4bit=True) if line not in requirements][0].startswith(
+        "bitsandbytes")
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".space.partial")]
+
+
+def test_space_writer_refuses_a_non_empty_folder(tmp_path, capsys):
+    (tmp_path / "space").mkdir()
+    (tmp_path / "space" / "keep.txt").write_text("mine")
+    assert main(["web", "--write-space", str(tmp_path / "space"), "--model", "someone/model"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert [path.name for path in (tmp_path / "space").iterdir()] == ["keep.txt"]
+    assert write_space(tmp_path / "space", "someone/model", overwrite=True) == tmp_path / "space"
+    assert (tmp_path / "space" / "app.py").is_file() and not (tmp_path / "space" / "keep.txt").exists()
+
+
+def test_model_card_links_the_space_when_given(tiny_pristine):
+    model, _ = tiny_pristine
+    linked = build_model_card(ModelCardInfo(space_id="someone/mmfuser-chat"), model.config, "For a test.", "tiny")
+    assert "(https://huggingface.co/spaces/someone/mmfuser-chat)" in linked.text
+    plain = build_model_card(ModelCardInfo(), model.config, "For a test.", "tiny")
+    assert "spaces/" not in plain.text and "For a test.\n\n- Vision layers" in plain.text
+
