@@ -34,6 +34,8 @@ TITLE = "MMFuser-LLaVA"
 # A generation that takes longer than this between two tokens has failed; the page says so instead of hanging.
 TOKEN_TIMEOUT_SECONDS = 300
 MAX_UPLOAD = "20mb"
+# Small pictures (the bundled ones are 32x32) fill their frame, without blurring.
+CSS = "#picture img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
 
 class WebDemoError(Exception):
@@ -159,23 +161,26 @@ def build_app(chat_model: ChatModel) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nAsk about a picture. Model: `{chat_model.name}`. Greedy unless you raise the "
                     "temperature; a new picture starts a new conversation.")
         turns = gr.State([])
+        # Rendered in the right column; created first so that the examples on the left can fill it.
+        question = gr.Textbox(label="Question", placeholder="Ask about the picture and press Enter",
+                              elem_id="question", render=False)
         with gr.Row():
             with gr.Column(scale=2):
-                picture = gr.Image(type="filepath", label="Picture", sources=["upload", "clipboard"],
+                picture = gr.Image(type="filepath", label="Picture", sources=["upload", "clipboard"], height=400,
                                    elem_id="picture")
+                if chat_model.examples:
+                    gr.Examples(chat_model.examples, inputs=[picture, question],
+                                label="Examples: a picture and a question", examples_per_page=4, elem_id="examples")
             with gr.Column(scale=3):
-                chat = gr.Chatbot(label="Conversation", height=360, elem_id="chat")
-                question = gr.Textbox(label="Question", placeholder="Ask about the picture and press Enter",
-                                      elem_id="question")
+                chat = gr.Chatbot(label="Conversation", height=400, elem_id="chat")
+                question.render()
                 with gr.Row():
                     ask = gr.Button("Ask", variant="primary", elem_id="ask")
                     clear = gr.Button("Clear", elem_id="clear")
-        with gr.Accordion("Generation settings", open=False):
-            max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0: greedy)")
-            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (when sampling)")
-        if chat_model.examples:
-            gr.Examples(chat_model.examples, inputs=[picture, question], label="Examples: a picture and a question")
+                with gr.Accordion("Generation settings", open=False):
+                    max_new_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+                    temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0: greedy)")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (when sampling)")
         answer = gr.Textbox(visible=False)
 
         def respond_here(upload, asked, earlier, *settings):
@@ -187,13 +192,16 @@ def build_app(chat_model: ChatModel) -> gr.Blocks:
         def start_over():
             return [], [], ""
 
+        def new_picture():
+            return [], []
+
         inputs = [picture, question, turns, max_new_tokens, temperature, top_p]
         # preprocess=False: the upload reaches open_picture as a file, so a file that is not a picture gets a clear
         # message instead of Gradio's decoding error.
         for trigger in (ask.click, question.submit):
             trigger(respond_here, inputs, [chat, turns, question], preprocess=False, api_visibility="private")
         clear.click(start_over, None, [chat, turns, question], api_visibility="private")
-        picture.change(start_over, None, [chat, turns, question], api_visibility="private")
+        picture.change(new_picture, None, [chat, turns], api_visibility="private")
         gr.Button(visible=False).click(chat_here, [picture, question], answer, preprocess=False, api_name="chat")
     return app
 
@@ -234,7 +242,7 @@ def serve(
     with tempfile.TemporaryDirectory(prefix="mmfuser-llava-web-") as scratch:
         app = build_app(load_chat_model(model, device, load_in_4bit, scratch))
         app.queue(default_concurrency_limit=1, max_size=64).launch(
-            server_name=host, server_port=port, share=False, max_file_size=MAX_UPLOAD
+            server_name=host, server_port=port, share=False, max_file_size=MAX_UPLOAD, css=CSS
         )
 
 

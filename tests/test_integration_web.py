@@ -122,6 +122,15 @@ def test_page_in_a_browser_answers_the_bundled_question(server, tmp_path):
             user_messages = page.locator("#chat [data-testid=user]")
             expect(user_messages).to_have_text([first["question"], follow_up["question"]])
             page.screenshot(path=str(tmp_path / "web-demo.png"), full_page=True)
+            # An example of another picture: the new picture starts a new conversation, its question fills the box.
+            picked = bundled_examples()[0]["questions"][1]
+            page.locator("#examples [data-testid=dataset-cell-1-1]").click()
+            expect(page.locator("#question textarea")).to_have_value(picked["question"])
+            expect(bot_messages).to_have_count(0)
+            page.locator("#ask").click()
+            expect(bot_messages).to_have_text([picked["answer"]], timeout=ANSWER_TIMEOUT_SECONDS * 1000)
+            page.locator("#clear").click()
+            expect(user_messages).to_have_count(0)
         finally:
             browser.close()
     print(f"\nthe page answered in {timings[0]:.2f} s, the follow-up in {timings[1]:.2f} s "
