@@ -99,18 +99,22 @@ def user_environment(**extra: str) -> dict[str, str]:
     return environment
 
 
-def run_as_user(python: Path, arguments: Sequence, cwd: Path, timeout: float, **extra_env: str):
-    """Run ``python arguments`` where a Hub user would: from ``cwd`` (outside the clone), with ``user_environment``.
-
-    Fails, with the child's output, if the process fails or if this package is importable there.
-    """
-    environment = user_environment(**extra_env)
+def _check_package_hidden(python: Path, cwd: Path, environment: dict[str, str]) -> None:
     find_package = "import importlib.util as u, sys; sys.exit(u.find_spec('modeling_mmfuser_llava') is not None)"
     probe = subprocess.run(
         [str(python), "-c", find_package], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
     )
     if probe.returncode != 0:
         raise AssertionError(f"modeling_mmfuser_llava is importable by {python}: the test would prove nothing")
+
+
+def run_as_user(python: Path, arguments: Sequence, cwd: Path, timeout: float, **extra_env: str):
+    """Run ``python arguments`` where a Hub user would: from ``cwd`` (outside the clone), with ``user_environment``.
+
+    Fails, with the child's output, if the process fails or if this package is importable there.
+    """
+    environment = user_environment(**extra_env)
+    _check_package_hidden(python, cwd, environment)
     result = subprocess.run(
         [str(python), *map(str, arguments)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
     )
@@ -118,3 +122,15 @@ def run_as_user(python: Path, arguments: Sequence, cwd: Path, timeout: float, **
         command = " ".join(map(str, arguments))
         raise AssertionError(f"{python} {command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return result
+
+
+def start_as_user(python: Path, arguments: Sequence, cwd: Path, log: Path, **extra_env: str) -> subprocess.Popen:
+    """Start ``python arguments`` as `run_as_user` runs it, in the background (a server), output into ``log``.
+
+    The process leads a session of its own: stop it and its children with ``os.killpg(process.pid, ...)``.
+    """
+    environment = user_environment(**extra_env)
+    _check_package_hidden(python, cwd, environment)
+    with open(log, "w") as output:
+        return subprocess.Popen([str(python), *map(str, arguments)], cwd=cwd, env=environment, stdout=output,
+                                stderr=subprocess.STDOUT, start_new_session=True)

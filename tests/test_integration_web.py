@@ -2,7 +2,8 @@
 
 The browser is Debian's chromium (`.ci/run` installs it), driven headless by Playwright with a fresh profile: it opens
 the page, uploads a bundled picture, asks its question and a follow-up, and must find the right answers (the toy
-task's ground truth, from the bundled examples) in the chat; no request may leave 127.0.0.1.
+task's ground truth, from the bundled examples) in the chat; no request may leave 127.0.0.1. A written Space folder
+serves the same API from a venv holding only its requirements.txt.
 """
 
 import os
@@ -13,11 +14,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from modeling_mmfuser_llava.demo import bundled_examples
+from modeling_mmfuser_llava.demo import bundled_examples, write_trained_tiny_hub_folder
+from modeling_mmfuser_llava.web_space import write_space
+from isolated_venv import cached_venv, start_as_user
 
 pytestmark = pytest.mark.integration
 
@@ -36,32 +41,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`mmfuser-llava web` with its defaults (the bundled model) on a free port; its URL. Stopped by its PID."""
-    folder = tmp_path_factory.mktemp("web-server")
-    port = free_port()
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(folder / "gradio"),
-                   "TOKENIZERS_PARALLELISM": "false"}
-    log = open(folder / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modeling_mmfuser_llava.cli", "web", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
+@contextmanager
+def running(process: subprocess.Popen, url: str, log: Path) -> Iterator[str]:
+    """`url` once `process` (which leads its own session) serves it; stops the process by its PID afterwards."""
     try:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
+        while not page_answers(url):
             if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{(folder / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
+                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-8000:]}")
             if time.monotonic() > deadline:
-                pytest.fail(f"no page at {url} after {START_TIMEOUT_SECONDS} s:\n{(folder / 'server.log').read_text()}")
+                pytest.fail(f"no page at {url} after {START_TIMEOUT_SECONDS} s:\n{log.read_text()[-8000:]}")
             time.sleep(1)
         yield url
     finally:
@@ -71,22 +60,65 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
-        log.close()
+
+
+def page_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def ask(url: str, picture: Path, question: str) -> str:
+    """The answer of the page's `/chat` API, through gradio_client."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 60})
+    return client.submit(handle_file(str(picture)), question, api_name="/chat").result(timeout=ANSWER_TIMEOUT_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    """`mmfuser-llava web` with its defaults (the bundled model) on a free port; its URL."""
+    folder = tmp_path_factory.mktemp("web-server")
+    port = free_port()
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(folder / "gradio"),
+                   "TOKENIZERS_PARALLELISM": "false"}
+    with open(folder / "server.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modeling_mmfuser_llava.cli", "web", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
+        )
+    with running(process, f"http://127.0.0.1:{port}/", folder / "server.log") as url:
+        yield url
 
 
 def test_chat_api_through_gradio_client(server, tmp_path):
-    from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(server, verbose=False, download_files=False, httpx_kwargs={"timeout": 60})
     for example in bundled_examples():
         question = example["questions"][0]
-        job = client.submit(handle_file(str(example["image"])), question["question"], api_name="/chat")
-        assert job.result(timeout=ANSWER_TIMEOUT_SECONDS) == question["answer"]
+        assert ask(server, example["image"], question["question"]) == question["answer"]
     notes = tmp_path / "notes.txt"
     notes.write_text("not a picture")
     with pytest.raises(AppError, match="notes.txt is not a picture this page can read"):
-        client.submit(handle_file(str(notes)), "what colour", api_name="/chat").result(timeout=ANSWER_TIMEOUT_SECONDS)
+        ask(server, notes, "what colour")
+
+
+def test_space_folder_serves_the_page_without_this_package(tmp_path):
+    """The Space folder for a model, run as a Space runs it (`python app.py`, host and port from Gradio's
+    environment) in a venv holding only its requirements.txt: its API answers the bundled question right."""
+    model = write_trained_tiny_hub_folder(tmp_path / "model")
+    space = write_space(tmp_path / "space", str(model))
+    python = cached_venv("web-space", (space / "requirements.txt").read_text().split())
+    port = free_port()
+    process = start_as_user(python, ["app.py"], cwd=space, log=tmp_path / "space.log", GRADIO_SERVER_NAME="127.0.0.1",
+                            GRADIO_SERVER_PORT=str(port), GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
+    example = bundled_examples()[2]
+    with running(process, f"http://127.0.0.1:{port}/", tmp_path / "space.log") as url:
+        for question in example["questions"][:2]:
+            assert ask(url, example["image"], question["question"]) == question["answer"]
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed (.ci/run installs it)")
