@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+EXAMPLE = "mmfuser-llava web --model path/to/mmfuser-llava-folder --port 7860"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("web", help=__doc__.split(": ", 1)[1], description=__doc__)
