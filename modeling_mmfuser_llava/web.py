@@ -2,8 +2,8 @@
 
 Upload or pick a picture, ask, and the answer streams in token by token; follow-up questions continue the conversation
 about the same picture (the processor's chat template carries the earlier turns); a new picture starts a new
-conversation. One queue serves everyone, one generation at a time. Nothing leaves the machine: no analytics, no share
-link, the page's fonts are served locally.
+conversation. One queue serves everyone, one generation at a time. The page calls no outside service: no analytics, no
+share link, its fonts served by the page itself.
 
 This module imports only gradio, torch, transformers, PIL and `demo` (loading and model inputs), so a Space folder can
 carry it beside `demo.py` (`web_space.write_space`) and run without this package installed.
