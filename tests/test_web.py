@@ -132,15 +132,16 @@ def test_write_space_needs_a_model(tmp_path):
 
 def test_space_folder_runs_the_page_for_the_model(tmp_path, capsys):
     space = tmp_path / "space"
-    assert main(["web", "--write-space", str(space), "--model", "someone/mmfuser-llava-7b"]) == 0
+    assert main(["web", "--write-space", str(space), "--model", "someone/mmfuser-llava-7b",
+                 "--space-id", "someone/chat"]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {space}"
     assert sorted(path.relative_to(space).as_posix() for path in space.rglob("*") if path.is_file()) == [
         "README.md", "app.py", "mmfuser_llava_web/__init__.py", "mmfuser_llava_web/assets/example.png",
         "mmfuser_llava_web/demo.py", "mmfuser_llava_web/web.py", "requirements.txt",
     ]
-    card = SpaceCard.load(space / "README.md").data
-    assert (card.sdk, card.sdk_version, card.app_file) == ("gradio", gr.__version__, "app.py")
-    assert card.models == ["someone/mmfuser-llava-7b"]
+    card = SpaceCard.load(space / "README.md")
+    assert (card.data.sdk, card.data.sdk_version, card.data.app_file) == ("gradio", gr.__version__, "app.py")
+    assert card.data.models == ["someone/mmfuser-llava-7b"] and 'Client("someone/chat")' in card.text
     app = ast.parse((space / "app.py").read_text())
     assigned = {node.targets[0].id: node.value.value for node in app.body if isinstance(node, ast.Assign)}
     assert assigned == {"MODEL": "someone/mmfuser-llava-7b"}

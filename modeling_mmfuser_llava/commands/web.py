@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     space = parser.add_argument_group("Hugging Face Space")
     space.add_argument("--write-space", metavar="DIR",
                        help="write a Space folder (app.py, requirements.txt, README.md) serving --model, and exit")
+    space.add_argument("--space-id", metavar="SPACE_ID", help="the Space's Hub id, for the API example of its README")
     space.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
     parser.set_defaults(run=lambda args: run(parser, args))
 
@@ -34,7 +35,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if not args.model:
             parser.error("--write-space needs --model: the Hub repo the Space serves")
         try:
-            print(f"wrote {write_space(args.write_space, args.model, args.load_in_4bit, overwrite=args.overwrite)}")
+            folder = write_space(args.write_space, args.model, args.load_in_4bit, args.overwrite, args.space_id)
+            print(f"wrote {folder}")
         except FileExistsError as error:
             print(f"mmfuser-llava web: error: {error}", file=sys.stderr)
             return 2
