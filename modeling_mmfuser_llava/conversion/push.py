@@ -11,8 +11,9 @@ from huggingface_hub.utils import HFValidationError, filter_repo_objects, valida
 
 from .errors import ConversionError
 
-# Never uploaded, at any depth: git internals and huggingface_hub's local upload bookkeeping. huggingface_hub's
-# patterns, used by the dry run and the upload alike (fnmatch: `*` matches across `/`).
+# Never uploaded, at any depth: git internals and huggingface_hub's local upload bookkeeping (the Hub refuses a
+# `.cache` folder anywhere). One list for the dry run and the upload, in huggingface_hub's pattern syntax (fnmatch,
+# where `*` also matches `/`).
 IGNORE_PATTERNS = (".git/*", "*/.git/*", ".cache/*", "*/.cache/*")
 
 
