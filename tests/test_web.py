@@ -8,11 +8,12 @@ import ast
 
 import gradio as gr
 import pytest
+import torch
 from huggingface_hub import SpaceCard
 
 from modeling_mmfuser_llava.cli import main
 from modeling_mmfuser_llava.conversion import ModelCardInfo, build_model_card
-from modeling_mmfuser_llava.demo import answer, bundled_examples
+from modeling_mmfuser_llava.demo import answer, bundled_examples, conversation_inputs, user_message
 from modeling_mmfuser_llava.web import (
     ChatModel,
     build_app,
@@ -64,6 +65,19 @@ def test_streamed_answer_grows_and_equals_the_plain_greedy_answer(chat_model, ex
     plain = answer(chat_model.model, chat_model.processor, open_picture(str(example["image"])), question["question"])
     assert final_turns == [[question["question"], plain]] and plain == question["answer"]
     assert final_chat[-1] == {"role": "assistant", "content": question["answer"]}
+
+
+def test_stream_yields_word_by_word_what_generate_returns_at_once(chat_model, example):
+    """Ten tokens forced (min_new_tokens): the stream grows in several steps to the text `generate` returns."""
+    picture, question = open_picture(str(example["image"])), example["questions"][0]["question"]
+    settings = {**generation_settings(10), "min_new_tokens": 10}
+    partials = list(chat_model.stream(picture, [], question, **settings))
+    inputs = conversation_inputs(chat_model.model, chat_model.processor, [picture], [[user_message(question)]])
+    with torch.inference_mode():
+        output = chat_model.model.generate(**inputs, **settings)
+    whole = chat_model.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert partials[-1] == whole and len(whole.split()) >= 5
+    assert len(set(partials)) >= 5 and all(later.startswith(earlier) for earlier, later in zip(partials, partials[1:]))
 
 
 def test_follow_up_questions_continue_the_conversation(chat_model, example):
@@ -118,9 +132,11 @@ def test_the_page_exposes_chat_as_its_only_api(chat_model):
 
 
 def test_a_model_that_does_not_load_is_an_error_message_not_a_traceback(tmp_path, capsys):
-    assert main(["web", "--model", str(tmp_path / "missing")]) == 2
+    (tmp_path / "no-model").mkdir()  # a local folder, so that nothing asks the Hub
+    (tmp_path / "no-model" / "config.json").write_text("{not json")
+    assert main(["web", "--model", str(tmp_path / "no-model")]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"mmfuser-llava web: error: cannot load the model '{tmp_path / 'missing'}'")
+    assert error.startswith(f"mmfuser-llava web: error: cannot load the model '{tmp_path / 'no-model'}'")
     assert "Traceback" not in error and len(error.splitlines()) == 1
 
 
