@@ -1,9 +1,9 @@
 """A Gradio chat page about a picture, for any MMFuser-LLaVA, and the same model as a Gradio API (`/chat`).
 
-Upload or pick a picture, ask, and the answer streams in token by token; follow-up questions continue the conversation
-about the same picture (the processor's chat template carries the earlier turns); a new picture starts a new
-conversation. One queue serves everyone, one generation at a time. The page calls no outside service: no analytics, no
-share link, its fonts served by the page itself.
+Upload or pick a picture, ask, and the answer streams in as it is generated; follow-up questions continue the
+conversation about the same picture (the processor's chat template carries the earlier turns); a new picture starts a
+new conversation. One queue serves everyone, one generation at a time. The page calls no outside service: no
+analytics, no share link, its fonts served by the page itself.
 
 This module imports only gradio, torch, transformers, PIL and `demo` (loading and model inputs), so a Space folder can
 carry it beside `demo.py` (`web_space.write_space`) and run without this package installed.
@@ -55,7 +55,7 @@ class ChatModel:
         self, picture: Image.Image, turns: list[list[str]], question: str, **settings
     ) -> Iterator[str]:
         """The answer to `question` about `picture` after the earlier `turns` ([question, answer] pairs), growing
-        token by token; `settings` are `generation_settings(...)`."""
+        word by word as tokens are generated; `settings`: `generation_settings(...)`, or more `generate` arguments."""
         inputs = conversation_inputs(self.model, self.processor, [picture], [conversation(turns, question)])
         streamer = TextIteratorStreamer(
             self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=TOKEN_TIMEOUT_SECONDS
