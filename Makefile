@@ -1,4 +1,5 @@
-# Two entry points, each setting up its own virtual environment first: `make demo` and `make test`.
+# Entry points, each setting up the virtual environment first: `make demo`, `make web`, `make test` (and the slower
+# `make test-integration`).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
