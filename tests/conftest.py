@@ -24,6 +24,17 @@ def perturb_fuser(model, seed: int = 0, scale: float = 0.2) -> None:
             parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
 
 
+def assert_xavier_uniform(weight: torch.Tensor) -> None:
+    """`weight` looks drawn from Xavier-uniform, U(-b, b) with b = sqrt(6 / (fan_in + fan_out)): its largest value is
+    near b and its standard deviation near b / sqrt(3). PyTorch's default `nn.Linear` init, U(-1/sqrt(fan_in), ...),
+    has b / sqrt(3) on a square matrix and fails both (test_fuser_parity shows it)."""
+    fan_out, fan_in = weight.shape
+    bound = math.sqrt(6 / (fan_in + fan_out))
+    largest, spread = weight.abs().max().item(), weight.std().item()
+    assert 0.9 * bound < largest <= bound, f"largest |weight| {largest:.4f}, Xavier bound {bound:.4f}"
+    assert abs(spread / (bound / math.sqrt(3)) - 1) < 0.15, f"std {spread:.4f}, Xavier's {bound / math.sqrt(3):.4f}"
+
+
 def assert_original_initialisation(fuser) -> None:
     """Zero gates, zero offset and attention-weight projections, zero biases, Xavier value/output weights, and the
     offset bias that points head h along angle 2*pi*h/heads at distances 1..points, as the original initialises."""
@@ -34,9 +45,7 @@ def assert_original_initialisation(fuser) -> None:
                      attention.attention_weights.bias, attention.value_proj.bias, attention.output_proj.bias):
             assert torch.count_nonzero(zero) == 0
         for projection in (attention.value_proj.weight, attention.output_proj.weight):
-            fan_out, fan_in = projection.shape
-            bound = math.sqrt(6 / (fan_in + fan_out))
-            assert projection.abs().max() <= bound and projection.std() > bound / 3
+            assert_xavier_uniform(projection)
         bias = attention.sampling_offsets.bias.view(heads, levels, points, 2)
         for head in range(heads):
             angle = 2 * math.pi * head / heads
@@ -80,6 +89,10 @@ def tiny(tiny_pristine):
 
 @pytest.fixture(scope="session")
 def images() -> list[Image.Image]:
+    return sample_images()
+
+
+def sample_images() -> list[Image.Image]:
     """Three distinct RGB images of different aspect ratios (padding to a square matters for two of them)."""
     generator = torch.Generator().manual_seed(1)
     sizes = [(48, 32), (32, 32), (20, 44)]

@@ -92,31 +92,52 @@ def _run(command: Sequence, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+PACKAGE = "modeling_mmfuser_llava"
+
+
+def package_blocker() -> Path:
+    """A folder holding a module named like this package that raises ImportError: first on PYTHONPATH, it hides the
+    package from a process and every process it starts, also in an environment where the package is installed (the
+    project's own venv, editable): there, dropping PYTHONPATH alone leaves it importable."""
+    folder = cache_root() / "without-package"
+    module = folder / f"{PACKAGE}.py"
+    text = f"raise ImportError('{PACKAGE} is hidden from this process: it runs as a user without the package')\n"
+    if not module.is_file() or module.read_text() != text:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{PACKAGE}.{os.getpid()}.partial"  # concurrent writers each move a whole file in
+        partial.write_text(text)
+        partial.replace(module)
+    return folder
+
+
 def user_environment(**extra: str) -> dict[str, str]:
-    """The environment of a Hub user's process: no PYTHONPATH into this clone, offline, quiet."""
+    """The environment of a Hub user's process: this package cannot be imported (`package_blocker`), nothing of this
+    clone is on PYTHONPATH, offline, quiet."""
     environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    environment.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    environment.update(PYTHONPATH=str(package_blocker()), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
     return environment
 
 
 def _check_package_hidden(python: Path, cwd: Path, environment: dict[str, str]) -> None:
-    find_package = "import importlib.util as u, sys; sys.exit(u.find_spec('modeling_mmfuser_llava') is not None)"
+    try_import = f"import sys\ntry:\n    import {PACKAGE}\nexcept ImportError:\n    sys.exit(0)\nsys.exit(1)"
     probe = subprocess.run(
-        [str(python), "-c", find_package], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+        [str(python), "-c", try_import], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
     )
     if probe.returncode != 0:
-        raise AssertionError(f"modeling_mmfuser_llava is importable by {python}: the test would prove nothing")
+        raise AssertionError(f"{PACKAGE} is importable by {python}: the test would prove nothing")
 
 
 def run_as_user(python: Path, arguments: Sequence, cwd: Path, timeout: float, **extra_env: str):
     """Run ``python arguments`` where a Hub user would: from ``cwd`` (outside the clone), with ``user_environment``.
+    ``python`` may be this venv's own (``sys.executable``): the package is blocked, not merely left off the path.
 
     Fails, with the child's output, if the process fails or if this package is importable there.
     """
     environment = user_environment(**extra_env)
     _check_package_hidden(python, cwd, environment)
     result = subprocess.run(
-        [str(python), *map(str, arguments)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+        [str(python), *map(str, arguments)], cwd=cwd, env=environment, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout,
     )
     if result.returncode != 0:
         command = " ".join(map(str, arguments))

@@ -1,7 +1,9 @@
 """Tiny checkpoints in the layout the authors' LLaVA code writes, and an independent emulation of that model's forward.
 
 Names, config fields and tokenization are written out here by hand from the original code base (not taken from the
-converter), so that a wrong mapping in the converter cannot be mirrored by the fixture.
+converter), so that a wrong mapping in the converter cannot be mirrored by the fixture. The fuser's names, shapes and
+computation come from `original_fuser` (checked against the authors' outputs), not from this package's MMFuserBlock:
+nothing of the emulated original is built from the code under test.
 """
 
 import json
@@ -16,13 +18,14 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from modeling_mmfuser_llava import MMFuserLlavaConfig
-from modeling_mmfuser_llava.fuser import MMFuserBlock
+from original_fuser import original_fuser, random_original_fuser_weights
+
 from modeling_mmfuser_llava.processing import VICUNA_V1_SYSTEM_PROMPT
 from modeling_mmfuser_llava.tiny import train_tiny_sentencepiece
 
 IMAGE_TOKEN_INDEX = -200  # the original's placeholder id for "<image>"
 SELECT_LAYERS = (-22, -17, -12, -7, -2)  # query last; the original block reads the first four as keys/values
+FUSER_HEADS, FUSER_POINTS = 16, 4  # the original always builds its block with these (and one level per key/value map)
 CLIP_IMAGE_SIZE, CLIP_PATCH_SIZE, CLIP_HIDDEN = 32, 4, 32
 
 LLAMA_FIELDS = dict(
@@ -71,10 +74,9 @@ def make_original_model(clip_folder: Path, seed: int = 0) -> OriginalModel:
     vocab_size = sentencepiece.SentencePieceProcessor(model_proto=sentencepiece_model).get_piece_size()
     torch.manual_seed(seed)
     weights = dict(LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **LLAMA_FIELDS)).state_dict())
-    fuser = MMFuserBlock(fuser_config())
     generator = torch.Generator().manual_seed(seed + 1)
-    for name, parameter in fuser.state_dict().items():
-        weights[f"model.mm_projector.0.{name}"] = parameter + 0.2 * torch.randn(parameter.shape, generator=generator)
+    fuser = random_original_fuser_weights(CLIP_HIDDEN, len(SELECT_LAYERS) - 1, FUSER_HEADS, FUSER_POINTS, generator)
+    weights.update({f"model.mm_projector.0.{name}": value for name, value in fuser.items()})
     hidden = LLAMA_FIELDS["hidden_size"]
     for index, (rows, columns) in ((1, (hidden, CLIP_HIDDEN)), (3, (hidden, hidden))):
         weights[f"model.mm_projector.{index}.weight"] = torch.randn(rows, columns, generator=generator) / columns**0.5
@@ -82,19 +84,6 @@ def make_original_model(clip_folder: Path, seed: int = 0) -> OriginalModel:
     vision = CLIPVisionModel.from_pretrained(clip_folder).state_dict()
     weights.update({f"model.vision_tower.vision_tower.vision_model.{name}": value for name, value in vision.items()})
     return OriginalModel(weights, sentencepiece_model, clip_folder)
-
-
-def fuser_config() -> MMFuserLlavaConfig:
-    """Sizes of the original block for the tiny CLIP: 16 heads, 4 points, 4 levels, eps 1e-6 (the original's)."""
-    return MMFuserLlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=CLIP_HIDDEN, intermediate_size=64,
-                           num_hidden_layers=24, num_attention_heads=4, image_size=CLIP_IMAGE_SIZE,
-                           patch_size=CLIP_PATCH_SIZE),
-        text_config=dict(model_type="llama", hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, vocab_size=8),
-        vision_feature_layer=SELECT_LAYERS[-1], fuser_key_value_layers=tuple(SELECT_LAYERS[:4]),
-        image_seq_length=(CLIP_IMAGE_SIZE // CLIP_PATCH_SIZE) ** 2,
-    )
 
 
 def original_config(original: OriginalModel, **overrides) -> dict:
@@ -199,11 +188,8 @@ class OriginalForward:
     def __init__(self, original: OriginalModel):
         self.vision = CLIPVisionModel.from_pretrained(original.clip_folder).eval()  # the original reloads CLIP
         self.select_layers = original.select_layers
-        self.fuser = MMFuserBlock(fuser_config()).eval()
         prefix = "model.mm_projector.0."
-        self.fuser.load_state_dict(
-            {name[len(prefix):]: value for name, value in original.weights.items() if name.startswith(prefix)}
-        )
+        self.fuser = {name[len(prefix):]: value for name, value in original.weights.items() if name.startswith(prefix)}
         self.projector = {name: original.weights[f"model.mm_projector.{name}"] for name in
                           ("1.weight", "1.bias", "3.weight", "3.bias")}
         self.llama = LlamaForCausalLM(LlamaConfig(vocab_size=original.vocab_size, **LLAMA_FIELDS)).eval()
@@ -216,7 +202,7 @@ class OriginalForward:
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden_states = self.vision(pixel_values, output_hidden_states=True).hidden_states
         maps = [hidden_states[index][:, 1:] for index in self.select_layers]  # select feature 'patch': drop CLS
-        fused = self.fuser(maps[-1], maps[:4])
+        fused = original_fuser(self.fuser, maps[-1], maps[:-1], FUSER_HEADS)
         hidden = F.linear(fused, self.projector["1.weight"], self.projector["1.bias"])
         return F.linear(F.gelu(hidden), self.projector["3.weight"], self.projector["3.bias"])
 

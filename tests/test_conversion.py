@@ -54,9 +54,11 @@ def expand_placeholder(input_ids: list[int], image_token_index: int, image_seq_l
     return input_ids[:position] + [image_token_index] * image_seq_length + input_ids[position + 1 :]
 
 
-def assert_reproduces_the_original(original, output_dir, images, new_tokens: tuple[int, ...] = (6, 0)) -> None:
+def assert_reproduces_the_original(original, output_dir, images, new_tokens: tuple[int, ...] = (6, 0)) -> list[float]:
     """The converted model at `output_dir` gets the original's ids and pixels and gives its logits, per question, and
-    its greedy tokens for as many new tokens as asked (0: logits only)."""
+    its greedy tokens for as many new tokens as asked (0: logits only). Returns the max abs logit difference per
+    question: converted model vs `OriginalForward` (stock CLIP and Llama, the reference fuser)."""
+    differences = []
     model = AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(output_dir)
     reference = OriginalForward(original)
@@ -71,12 +73,14 @@ def assert_reproduces_the_original(original, output_dir, images, new_tokens: tup
         with torch.no_grad():
             logits = model(**inputs).logits[0]
         expected = reference.logits(input_ids, pixel_values)[0]
-        assert (logits[:, : original.vocab_size] - expected).abs().max() <= 1e-4
+        differences.append((logits[:, : original.vocab_size] - expected).abs().max().item())
+        assert differences[-1] <= 1e-4
         if tokens:
             generated = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
             assert generated[0, inputs["input_ids"].shape[1] :].tolist() == reference.greedy(
                 input_ids, pixel_values, max_new_tokens=tokens
             )
+    return differences
 
 
 def test_converted_model_reproduces_the_original_logits_and_greedy_tokens(original, conversion, images):
@@ -230,3 +234,20 @@ def test_dtype_option_casts_every_weight(original, tmp_path):
     assert torch.equal(
         tensors["model.fuser.gamma1"], original.weights["model.mm_projector.0.gamma1"].to(torch.bfloat16)
     )
+
+
+if __name__ == "__main__":  # the docs' figures: PYTHONPATH=tests .venv/bin/python tests/test_conversion.py
+    import tempfile
+    from pathlib import Path
+
+    from conftest import sample_images
+    from original_layout import make_original_model, write_tiny_clip
+
+    with tempfile.TemporaryDirectory() as scratch:
+        emulated = make_original_model(write_tiny_clip(Path(scratch) / "clip"))
+        for name, variant in VARIANTS.items():
+            source = write_original_checkpoint(Path(scratch) / name, emulated, **variant["checkpoint"])
+            converted = convert_checkpoint(source, Path(scratch) / f"{name}-converted", progress=False).output_dir
+            found = assert_reproduces_the_original(emulated, converted, sample_images())
+            print(f"{name}: converted vs emulated original, max abs logit difference per question "
+                  f"{', '.join(f'{value:.1e}' for value in found)} (float32; greedy tokens equal)")

@@ -211,5 +211,7 @@ def test_convert_command_reports_errors(original, tmp_path, capsys):
     source = write_original_checkpoint(tmp_path / "original", original, config_overrides={"mm_use_im_start_end": True})
     assert main(["convert", "--checkpoint", str(source), "--output", str(tmp_path / "out"), "--no-progress"]) == 2
     assert "mm_use_im_start_end is True" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
         main(["convert", "--checkpoint", str(source), "--output", str(tmp_path / "out"), "--dry-run"])
+    assert exit_info.value.code == 2
+    assert "--dry-run and --private go with --push-to-hub" in capsys.readouterr().err

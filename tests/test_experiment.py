@@ -35,6 +35,12 @@ from modeling_mmfuser_llava.experiment.vision_pretraining import tiny_clip_confi
 from modeling_mmfuser_llava.modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
 
 
+def assert_same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first and list(first) == list(second)
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+
+
 def read(folder, name):
     return json.loads((folder / FILES[name]).read_text())
 
@@ -105,39 +111,61 @@ def test_summary_and_table():
     assert "| mmfuser | 70.0 ± 20.0 |" in format_table(summary, 3)
 
 
-def test_experiment_runs_end_to_end_on_a_tiny_budget(tmp_path):
+TINY_SETTINGS = ExperimentSettings(seeds=(0,), models=("llava", "mmfuser"), num_train=64, num_test=3, probe_steps=2,
+                                   budget=RecipeBudget(max_steps=2, batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory):
+    """The experiment on a tiny budget (two models, one seed, two steps per stage): its folder and results."""
+    output = tmp_path_factory.mktemp("experiment") / "out"
+    return output, run_experiment(output, TINY_SETTINGS, workers=1)
+
+
+def test_experiment_reproduces_exactly_with_the_same_workers(tiny_experiment, tmp_path):
+    """The documented claim: the same command with the same --workers gives the same numbers and the same weights."""
+    first_dir, first = tiny_experiment
+    again = run_experiment(tmp_path / "again", TINY_SETTINGS, workers=1)
+    for key in ("pretraining_loss", "layer_probe", "summary"):
+        assert again[key] == first[key], key
+    assert [{**run, "seconds": 0} for run in again["runs"]] == [{**run, "seconds": 0} for run in first["runs"]]
+    for folder in (BEST_MMFUSER_DIR, "base/clip", "runs/llava-seed0/stage2"):
+        files = sorted(path.relative_to(first_dir) for path in (first_dir / folder).glob("*.safetensors"))
+        assert files, folder
+        for name in files:
+            assert (tmp_path / "again" / name).read_bytes() == (first_dir / name).read_bytes(), name
+
+
+def test_experiment_runs_end_to_end_on_a_tiny_budget(tiny_experiment, tmp_path):
     """Every stage of the pipeline, two compared models, one seed, two steps per stage: the wiring, not the science."""
-    settings = ExperimentSettings(seeds=(0,), models=("llava", "mmfuser"), num_train=64, num_test=3,
-                                  probe_steps=2, budget=RecipeBudget(max_steps=2, batch_size=4))
-    results = run_experiment(tmp_path / "out", settings, workers=1)
+    output, results = tiny_experiment
     assert [(run["model"], run["seed"]) for run in results["runs"]] == [("llava", 0), ("mmfuser", 0)]
     assert [run["checkpoint"] for run in results["runs"]] == ["runs/llava-seed0/stage2", "runs/mmfuser-seed0/stage2"]
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"] == results["runs"]
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # the staging folder became `out`
+    assert json.loads((output / "results.json").read_text())["runs"] == results["runs"]
+    assert sorted(path.name for path in output.parent.iterdir()) == ["out"]  # the staging folder became `out`
     for run in results["runs"]:
         assert 0 <= run["accuracy"]["all"] <= 1 and set(run["accuracy"]) >= {"fine", "coarse"}
-    table = (tmp_path / "out" / "results.md").read_text()
+    table = (output / "results.md").read_text()
     assert table.startswith("| model (1 seeds) |") and "| llava |" in table and "| mmfuser |" in table
     # What each of the tower's 9 hidden states holds of each fact, as accuracies.
     assert set(results["layer_probe"]) == set(QUESTIONS)
     assert all(len(values) == 9 and all(0 <= value <= 1 for value in values)
                for values in results["layer_probe"].values())
     assert "| mark_pattern |" in table
-    best = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "out" / BEST_MMFUSER_DIR)
+    best = MMFuserLlavaForConditionalGeneration.from_pretrained(output / BEST_MMFUSER_DIR)
     assert best.config.fuser_fusion == "mmfuser" and best.config.fuser_num_heads == 4
-    baseline = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "out" / "runs" / "llava-seed0" / "stage2")
+    baseline = MMFuserLlavaForConditionalGeneration.from_pretrained(output / "runs" / "llava-seed0" / "stage2")
     assert baseline.config.fuser_fusion == "none"
     # Both started from the same frozen tower: identical vision weights.
-    assert all(torch.equal(a, b) for a, b in zip(best.model.vision_tower.state_dict().values(),
-                                                   baseline.model.vision_tower.state_dict().values()))
+    assert_same_tensors(best.model.vision_tower.state_dict(), baseline.model.vision_tower.state_dict())
     with pytest.raises(FileExistsError, match="not empty"):
-        run_experiment(tmp_path / "out", settings)
+        run_experiment(output, TINY_SETTINGS)
     # Bundling the best run as the demo model: model and processor files only, the same weights.
-    examples = bundle_demo_model(tmp_path / "out" / BEST_MMFUSER_DIR, tmp_path / "out" / "task", num_examples=2,
+    examples = bundle_demo_model(output / BEST_MMFUSER_DIR, output / "task", num_examples=2,
                                  model_dir=tmp_path / "bundle", examples_dir=tmp_path / "examples")
     assert sorted(path.name for path in (tmp_path / "bundle").iterdir()) == sorted(MODEL_FILES)
     bundled = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "bundle")
-    assert all(torch.equal(a, b) for a, b in zip(bundled.state_dict().values(), best.state_dict().values()))
+    assert_same_tensors(bundled.state_dict(), best.state_dict())
     listed = json.loads((tmp_path / "examples" / "examples.json").read_text())
     assert listed == examples and len(examples) <= 2
     assert all((tmp_path / "examples" / example["image"]).is_file() for example in examples)

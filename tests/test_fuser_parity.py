@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from modeling_mmfuser_llava import MMFuserLlavaConfig
 from modeling_mmfuser_llava.fuser import MMFuserBlock
 
-from conftest import REPO_ROOT, SHARED_FIXTURES, assert_original_initialisation
+from conftest import REPO_ROOT, SHARED_FIXTURES, assert_original_initialisation, assert_xavier_uniform
 
 SMALL_FIXTURE = Path(__file__).parent / "data" / "mmfuser_block_small.safetensors"
 
@@ -96,6 +96,18 @@ def test_bfloat16_block_samples_in_float32():
 
 def test_initialisation_matches_original(tiny_pristine):
     assert_original_initialisation(tiny_pristine[0].model.fuser)
+
+
+@pytest.mark.parametrize("size", [16, 32, 1024])
+def test_xavier_check_tells_xavier_from_the_default_init(size):
+    """Guards the initialisation checks: on square matrices PyTorch's default Linear init (bound 1/sqrt(fan_in)) must
+    fail the Xavier check, every seed, and Xavier-uniform must pass it, every seed."""
+    for seed in range(20):
+        torch.manual_seed(seed)
+        default = torch.nn.Linear(size, size).weight.detach()
+        with pytest.raises(AssertionError):
+            assert_xavier_uniform(default)
+        assert_xavier_uniform(torch.nn.init.xavier_uniform_(torch.empty(size, size)))
 
 
 if __name__ == "__main__":  # the parity figures of docs/model.md: PYTHONPATH=. python tests/test_fuser_parity.py

@@ -4,10 +4,9 @@ bitsandbytes >= 0.50 runs on the CPU, so these are real quantized models: module
 """
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,17 +16,18 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration, MMFuserLlavaModel
 from modeling_mmfuser_llava.hub_folder import save_hub_folder
 
+from isolated_venv import run_as_user
+
 pytest.importorskip("bitsandbytes", reason="the `quantization` extra (bitsandbytes) is not installed")
 
 FULL_PRECISION_PARTS = {"vision_tower", "fuser", "multi_modal_projector", "lm_head"}
 
-# Runs in a fresh interpreter in which the package cannot be imported: the model comes from the folder's code alone.
+# Runs in a fresh interpreter in which the package cannot be imported (`run_as_user`): the folder's code alone.
 CHILD = textwrap.dedent(
     """
     import json
     import sys
 
-    sys.modules["modeling_mmfuser_llava"] = None  # the package is pip-installed here: make it unimportable
     import torch
     from PIL import Image
     from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
@@ -93,13 +93,7 @@ def hub_folder(tiny_pristine, tmp_path_factory):
 @pytest.fixture(scope="module")
 def remote_report(hub_folder):
     """Load the folder in bf16, 4-bit (NF4, double quantization) and 8-bit through remote code, in a clean process."""
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    environment["HF_HUB_OFFLINE"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(hub_folder)],
-        cwd=hub_folder.parent, env=environment, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_as_user(Path(sys.executable), ["-c", CHILD, hub_folder], cwd=hub_folder.parent, timeout=600)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

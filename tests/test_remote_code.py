@@ -17,6 +17,7 @@ from modeling_mmfuser_llava import configuration_mmfuser_llava, modeling_mmfuser
 from modeling_mmfuser_llava.hub_folder import save_hub_folder
 
 from conftest import chat
+from isolated_venv import run_as_user
 
 # What save_pretrained copies next to the weights: the config and model files and everything they import relatively.
 HUB_PATHS = {
@@ -24,18 +25,11 @@ HUB_PATHS = {
 } | {Path(path) for path in get_relative_import_files(modeling_mmfuser_llava.__file__)}
 HUB_FILES = {path.name for path in HUB_PATHS}
 
-# Runs in a fresh interpreter: the package is made unimportable, then everything loads from the folder alone.
+# Runs in a fresh interpreter where the package cannot be imported (`run_as_user`): everything loads from the folder.
 CHILD = textwrap.dedent(
     """
-    import sys
-    sys.modules["modeling_mmfuser_llava"] = None  # blocks `import modeling_mmfuser_llava` (it is pip-installed here)
-    try:
-        import modeling_mmfuser_llava
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("the package is importable: this test would prove nothing")
     import json
+    import sys
     import torch
     from PIL import Image
     from safetensors.torch import load_file, save_file
@@ -77,13 +71,8 @@ def test_hub_folder_loads_with_trust_remote_code_in_a_fresh_process(tiny, images
     }
     inputs = dict(chat(processor, ["What is in this image?", "Colour?"], images[:2]))
     save_file({key: value.contiguous() for key, value in inputs.items()}, tmp_path / "inputs.safetensors")
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    environment["HF_HUB_OFFLINE"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(folder), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out")],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_as_user(Path(sys.executable), ["-c", CHILD, folder, tmp_path / "inputs.safetensors", tmp_path / "out"],
+                         cwd=tmp_path, timeout=300)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["model_class"].startswith("transformers_modules.")  # the folder's code, not the package's
     assert report["base_class"] == "MMFuserLlavaModel"
@@ -121,3 +110,20 @@ def test_hub_files_import_only_torch_transformers_and_each_other():
             else:
                 continue
             assert roots <= {"torch", "transformers", "math", "typing"}, (name, roots)
+
+
+def test_user_environment_hides_the_package_where_it_is_installed(tmp_path):
+    """This venv has the package installed (editable): leaving PYTHONPATH out does not hide it, `run_as_user`'s
+    environment does, also from the processes the child starts."""
+    importable = "import importlib.util, sys; sys.exit(importlib.util.find_spec('modeling_mmfuser_llava') is None)"
+    without_pythonpath = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    assert subprocess.run([sys.executable, "-c", importable], cwd=tmp_path, env=without_pythonpath).returncode == 0
+    grandchild = textwrap.dedent(
+        """
+        import subprocess, sys
+        command = "import modeling_mmfuser_llava"
+        result = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True)
+        assert result.returncode == 1 and "ImportError" in result.stderr, result.stderr
+        """
+    )
+    run_as_user(Path(sys.executable), ["-c", grandchild], cwd=tmp_path, timeout=120)

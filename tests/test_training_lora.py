@@ -15,6 +15,7 @@ from modeling_mmfuser_llava.training import merge_lora
 from training_support import (  # noqa: F401  (fixtures)
     base_parts,
     instructions,
+    losses,
     one_thread,
     tiny_checkpoint,
     train,
@@ -63,7 +64,7 @@ def test_lora_from_base_llm_adapts_the_language_model_only_and_merges(tmp_path, 
 
 @pytest.mark.parametrize(("bits", "quantized_linear"), [(4, Linear4bit), (8, Linear8bitLt)])
 def test_qlora_quantizes_the_language_model_only_and_merges_from_the_cli(tmp_path, tiny_checkpoint, instructions,
-                                                                         bits, quantized_linear):
+                                                                         images, bits, quantized_linear):
     output = tmp_path / "qlora"
     trainer = train(*training_argv(output, tiny_checkpoint, instructions, *LORA, "--bits", str(bits),
                                    "--activation_checkpointing", "True", steps=2))
@@ -76,11 +77,22 @@ def test_qlora_quantizes_the_language_model_only_and_merges_from_the_cli(tmp_pat
     full_precision = [module for name, module in base.named_modules()
                       if name.startswith(NOT_ADAPTED) and isinstance(module, nn.Linear)]
     assert full_precision and not any(isinstance(module, quantized_linear) for module in full_precision)
-    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry)
+    curve = losses(trainer)
+    assert len(curve) == 2 and all(torch.isfinite(torch.tensor(curve)))  # one logged loss per step
     assert cli_main(["merge-lora", str(output), str(tmp_path / "merged")]) == 0
     merged = MMFuserLlavaForConditionalGeneration.from_pretrained(tmp_path / "merged")
     assert not any(isinstance(module, quantized_linear) for module in merged.modules())
     trained_fuser = {key.split(".model.fuser.")[1]: value  # peft saves modules_to_save under the model's own names
                      for key, value in load_file(output / "adapter_model.safetensors").items() if ".fuser." in key}
-    assert trained_fuser
+    assert set(trained_fuser) == set(merged.model.fuser.state_dict())
     assert all(torch.equal(merged.model.fuser.state_dict()[key], value) for key, value in trained_fuser.items())
+    # The merged language model is the full-precision base with the trained adapters folded in: the same logits as
+    # the saved adapters run unmerged on that base, and weights that the adapters did change.
+    processor = AutoProcessor.from_pretrained(output)
+    base = MMFuserLlavaForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    base_language_model = {key: value.clone() for key, value in base.model.language_model.state_dict().items()}
+    adapter_model = PeftModel.from_pretrained(base, output)  # wraps `base` in place
+    assert torch.allclose(logits(merged, processor, images), logits(adapter_model, processor, images), atol=1e-5)
+    merged_language_model = merged.model.language_model.state_dict()
+    assert set(merged_language_model) == set(base_language_model)
+    assert any(not torch.equal(merged_language_model[key], value) for key, value in base_language_model.items())

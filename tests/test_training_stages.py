@@ -2,10 +2,9 @@
 
 import inspect
 import json
-import os
 import shutil
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor
 
+from isolated_venv import run_as_user
 from training_support import (  # noqa: F401  (fixtures)
     base_parts,
     captions,
@@ -56,8 +56,9 @@ def test_stage2_starts_from_base_llm_clip_and_stage1_file(tmp_path, base_parts, 
     stage2 = (*fresh, "--pretrain_mm_mlp_adapter", str(stage1_file), "--group_by_modality_length", "True")
     # With the fuser and projector frozen, stage 2 must save exactly what stage 1 wrote: the file was loaded.
     train(*training_argv(tmp_path / "frozen", llm, instructions, *stage2, "--freeze_mm_mlp_adapter", "True", steps=2))
-    frozen = weights(tmp_path / "frozen")
-    assert all(torch.equal(frozen[key], value) for key, value in load_file(stage1_file).items())
+    frozen, stage1_weights = weights(tmp_path / "frozen"), load_file(stage1_file)
+    assert set(stage1_weights) == {key for key in frozen if key.startswith(MM_ADAPTER)}  # the whole fuser and MLP
+    assert all(torch.equal(frozen[key], value) for key, value in stage1_weights.items())
     # Stage 2 proper trains fuser, projector and LLM; the vision tower stays the CLIP checkpoint's.
     train(*training_argv(tmp_path / "stage2", llm, instructions, *stage2, steps=2))
     stage2_weights = weights(tmp_path / "stage2")
@@ -105,12 +106,8 @@ def test_tiny_model_learns_and_its_output_reloads_and_generates(tmp_path, tiny_c
     # Reload where this package cannot be imported: only the saved remote code can serve the model.
     picture = instructions.parent / "images" / "synthetic-00000.png"
     logits_file = tmp_path / "logits.safetensors"
-    result = subprocess.run(
-        [sys.executable, "-c", RELOAD_AND_GENERATE, str(output), str(picture), str(logits_file)],
-        cwd=tmp_path, env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_as_user(Path(sys.executable), ["-c", RELOAD_AND_GENERATE, output, picture, logits_file],
+                         cwd=tmp_path, timeout=300)
     module, generated = result.stdout.strip().splitlines()[-2:]
     assert module.startswith("transformers_modules")
     processor = AutoProcessor.from_pretrained(output)

@@ -1,5 +1,5 @@
 """Upcycling a transformers Llava checkpoint: a fresh fuser (gates 0) leaves the base model's outputs exactly as they
-were."""
+were on the same inputs; which inputs a picture and a question become is the processor's choice (`processor=`)."""
 
 import copy
 import tempfile
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import chat, perturb_fuser
+from conftest import assert_xavier_uniform, chat, perturb_fuser
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -29,6 +29,13 @@ from modeling_mmfuser_llava.processing import VICUNA_V1_CHAT_TEMPLATE, prepare_t
 from modeling_mmfuser_llava.tiny import train_tiny_sentencepiece
 
 IMAGE_MEAN = (0.5, 0.4, 0.3)  # not CLIP's: the upcycled processor must keep the base's settings
+# llava-hf's Llava-1.5 template in short: no system prompt, "USER: <image>\n{text} ASSISTANT:".
+LLAVA_HF_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+    "{% for item in message['content'] if item['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'text' %}{{ item['text'] + ' ' }}{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 
 
 def llava_hf_style_tokenizer(with_pad: bool = True) -> LlamaTokenizer:
@@ -60,7 +67,8 @@ def tiny_llava_config(**overrides) -> LlavaConfig:
 
 @pytest.fixture(scope="module")
 def base_folder(tmp_path_factory):
-    """A seeded tiny Llava, saved by transformers (the older llava-hf key layout) with a LlavaProcessor."""
+    """A seeded tiny Llava, saved by transformers (the older llava-hf key layout) with a llava-hf style LlavaProcessor
+    (CLIP's resize and centre crop, no padding)."""
     folder = tmp_path_factory.mktemp("tiny-llava")
     config, tokenizer = tiny_llava_config()
     torch.manual_seed(0)
@@ -69,7 +77,8 @@ def base_folder(tmp_path_factory):
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=IMAGE_MEAN
     )
     LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
-                   vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(folder)
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                   chat_template=LLAVA_HF_CHAT_TEMPLATE).save_pretrained(folder)
     return folder
 
 
@@ -80,7 +89,7 @@ def upcycled(base_folder, tmp_path_factory):
     return output_dir
 
 
-def test_upcycled_model_equals_the_base_exactly(base_folder, upcycled, images):
+def test_upcycled_model_equals_the_base_exactly_on_the_same_inputs(base_folder, upcycled, images):
     base = LlavaForConditionalGeneration.from_pretrained(base_folder).eval()
     model = AutoModelForImageTextToText.from_pretrained(upcycled, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(upcycled)
@@ -97,6 +106,46 @@ def test_upcycled_model_equals_the_base_exactly(base_folder, upcycled, images):
         assert not torch.allclose(trained(**inputs).logits, base(**inputs).logits, atol=1e-3)
 
 
+def test_original_and_base_processors_give_different_inputs_and_outputs(base_folder, upcycled, images):
+    """The default folder pads a non-square picture to a square where the llava-hf processor crops its centre (and
+    prompts and tokenizes its own way): same picture and question, other inputs, other logits. The model is not the
+    cause: fed the base processor's inputs, the upcycled model gives the base's logits exactly."""
+    base = LlavaForConditionalGeneration.from_pretrained(base_folder).eval()
+    model = AutoModelForImageTextToText.from_pretrained(upcycled, trust_remote_code=True).eval()
+    wide = images[0]
+    assert wide.size == (48, 32)
+    padded = chat(AutoProcessor.from_pretrained(upcycled), ["what is in this image"], [wide])
+    cropped = chat(AutoProcessor.from_pretrained(base_folder), ["what is in this image"], [wide])
+    assert padded["pixel_values"].shape == cropped["pixel_values"].shape == (1, 3, 32, 32)
+    # Padding keeps the whole picture, in the middle rows of the square; cropping drops its left and right eighths.
+    assert (padded["pixel_values"] - cropped["pixel_values"]).abs().max() > 0.5
+    assert padded["input_ids"].shape != cropped["input_ids"].shape  # vicuna_v1's system prompt
+    with torch.no_grad():
+        ours, theirs = model(**padded).logits[0, -1], base(**cropped).logits[0, -1]
+        assert (ours - theirs).abs().max() > 1e-3
+        assert torch.equal(model(**cropped).logits, base(**cropped).logits)
+
+
+def test_base_processor_is_kept_on_request(base_folder, tmp_path, images):
+    """`processor="base"`: the folder's processor is the base's, so picture and question give the base's inputs and
+    the upcycled model the base's outputs, exactly."""
+    summary = upcycle_llava(base_folder, tmp_path / "kept", processor="base")
+    assert summary.processor == "base" and "the base's own processor" in str(summary)
+    base = LlavaForConditionalGeneration.from_pretrained(base_folder).eval()
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "kept", trust_remote_code=True).eval()
+    kept, original = AutoProcessor.from_pretrained(tmp_path / "kept"), AutoProcessor.from_pretrained(base_folder)
+    assert kept.chat_template == LLAVA_HF_CHAT_TEMPLATE and not getattr(kept.image_processor, "do_pad", False)
+    for image in images:  # wide, square, tall
+        inputs = chat(kept, ["what is in this image"], [image])
+        expected = chat(original, ["what is in this image"], [image])
+        assert inputs.keys() == expected.keys()
+        assert all(torch.equal(inputs[key], expected[key]) for key in inputs)
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).logits, base(**expected).logits)
+    with pytest.raises(ConversionError, match="processor must be one of original, base"):
+        upcycle_llava(base_folder, tmp_path / "unknown", processor="cropped")
+
+
 def test_fresh_fuser_has_the_original_initialisation(upcycled):
     model = AutoModelForImageTextToText.from_pretrained(upcycled, trust_remote_code=True)
     fuser = model.model.fuser
@@ -106,8 +155,8 @@ def test_fresh_fuser_has_the_original_initialisation(upcycled):
         assert torch.equal(attention.sampling_offsets.bias, sampling_offset_bias(16, levels, 4))
         assert not attention.attention_weights.weight.any() and not attention.attention_weights.bias.any()
         for projection in (attention.value_proj, attention.output_proj):
-            bound = (6 / sum(projection.weight.shape)) ** 0.5  # Xavier-uniform
-            assert 0.5 * bound < projection.weight.abs().max() <= bound and not projection.bias.any()
+            assert_xavier_uniform(projection.weight)
+            assert not projection.bias.any()
     for norm in (fuser.query_norm, fuser.feat_norm, fuser.norm1):
         assert torch.equal(norm.weight, torch.ones(32)) and not norm.bias.any()
 
@@ -167,3 +216,14 @@ def test_upcycle_command_with_push_dry_run(base_folder, tmp_path, capsys):
     assert MMFuserLlavaConfig.from_pretrained(output_dir).fuser_key_value_layers == (-20, -10)
     assert main(["upcycle", "--base", str(base_folder), "--output", str(output_dir)]) == 2  # OUT exists now
     assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "chat_template"), [([], VICUNA_V1_CHAT_TEMPLATE),
+                                                    (["--processor", "original"], VICUNA_V1_CHAT_TEMPLATE),
+                                                    (["--processor", "base"], LLAVA_HF_CHAT_TEMPLATE)])
+def test_upcycle_command_processor_option(base_folder, tmp_path, capsys, flag, chat_template):
+    assert main(["upcycle", "--base", str(base_folder), "--output", str(tmp_path / "out"), *flag]) == 0
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    assert processor.chat_template == chat_template
+    assert bool(getattr(processor.image_processor, "do_pad", False)) is (chat_template == VICUNA_V1_CHAT_TEMPLATE)
+    assert "processor: " in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""`mmfuser-llava upcycle`: add a freshly initialised fuser to a transformers Llava checkpoint (outputs unchanged)."""
+"""`mmfuser-llava upcycle`: give a transformers Llava model a fresh fuser (outputs unchanged on the same inputs)."""
 
 import argparse
 
@@ -20,6 +20,10 @@ def register(subparsers) -> None:
     parser.add_argument("--key-value-layers", type=parse_layers, metavar="LAYERS",
                         help="vision layers the fuser attends to, e.g. --key-value-layers=-22,-17,-12,-7 (the default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fuser's initialisation")
+    parser.add_argument("--processor", choices=("original", "base"), default="original",
+                        help="original (default, what the paper trained with): pad images to a square and tokenize as "
+                        "the original LLaVA code; base: keep the base's processor (a llava-hf one crops images), so "
+                        "the folder answers exactly as the base does through it")
     add_output_arguments(parser)
     parser.set_defaults(run=lambda args: run(args, parser))
 
@@ -36,4 +40,5 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         overwrite=args.overwrite,
         max_shard_size=args.max_shard_size,
         card=card_info(args),
+        processor=args.processor,
     ))

@@ -1,8 +1,14 @@
 """Upcycle a transformers Llava checkpoint (e.g. llava-hf/llava-1.5-7b-hf) into an MMFuser-LLaVA.
 
 Every Llava weight is kept; a fuser is added with the original initialisation, whose gates (`gamma1`, `gamma2`) start
-at zero, so the upcycled model computes exactly what the base model computes until the fuser is trained. The base's
-`vision_feature_layer` becomes the fuser's query layer.
+at zero, so on the same inputs the upcycled model computes exactly what the base model computes until the fuser is
+trained. The base's `vision_feature_layer` becomes the fuser's query layer.
+
+The inputs are the processor's. By default (`processor="original"`, what the paper's training used) the folder gets
+LLaVA-1.5's own preprocessing: images padded to a square, the vicuna_v1 prompt, the original code's token ids; a
+llava-hf processor instead crops a non-square image to its centre and tokenizes its own way, so the two give different
+inputs and different outputs for the same picture and question. `processor="base"` keeps the base's processor as it
+is: the folder then answers exactly as the base model does when used through its own processor.
 """
 
 import copy
@@ -39,6 +45,8 @@ IMAGE_PROCESSOR_FIELDS = (
     "image_mean", "image_std", "do_convert_rgb",
 )
 BASE_PATTERNS = ["*.json", "*.model", "*.jinja", "*.safetensors"]
+# What `processor=` accepts: LLaVA-1.5's preprocessing as the paper trained with, or the base's processor unchanged.
+PROCESSORS = ("original", "base")
 
 
 @dataclass
@@ -48,10 +56,15 @@ class UpcycleSummary:
     fuser_parameters: int
     seconds: float
 
+    processor: str
+
     def __str__(self) -> str:
+        inputs = ("the original LLaVA-1.5 preprocessing (pad to square, vicuna_v1)" if self.processor == "original"
+                  else "the base's own processor")
         return (
             f"wrote {self.output_dir}\n  {self.parameters:,d} parameters, of which {self.fuser_parameters:,d} in the "
-            f"new fuser (gates at 0: outputs equal the base model's until it is trained), {self.seconds:.1f} s"
+            f"new fuser (gates at 0: outputs equal the base model's on the same inputs until it is trained), "
+            f"{self.seconds:.1f} s\n  processor: {inputs}"
         )
 
 
@@ -92,12 +105,16 @@ def upcycled_config(base_config, key_value_layers: tuple[int, ...] | None = None
         raise ConversionError(f"the base model cannot take a fuser: {error}") from None
 
 
-def upcycled_processor(base_folder: Path, config: MMFuserLlavaConfig) -> LlavaProcessor:
-    """The base's tokenizer, tokenizing as the original does (`prepare_tokenizer`, as training does), and its image
-    settings, with pad-to-square and the vicuna_v1 chat template."""
+def upcycled_processor(base_folder: Path, config: MMFuserLlavaConfig, processor: str = "original") -> LlavaProcessor:
+    """`"original"`: the base's tokenizer, tokenizing as the original does (`prepare_tokenizer`, as training does), and
+    its image settings, with pad-to-square and the vicuna_v1 chat template. `"base"`: the base's processor unchanged."""
+    if processor not in PROCESSORS:
+        raise ConversionError(f"processor must be one of {', '.join(PROCESSORS)}, got {processor!r}")
     base = AutoProcessor.from_pretrained(base_folder)
     if not isinstance(base, LlavaProcessor):
         raise ConversionError(f"the processor of {base_folder} is a {type(base).__name__}, not a LlavaProcessor")
+    if processor == "base":
+        return base
     if IMAGE_TOKEN not in base.tokenizer.get_vocab():
         raise ConversionError(f"the tokenizer of {base_folder} has no {IMAGE_TOKEN} token")
     if prepare_tokenizer(base.tokenizer):  # the base's embeddings have no row for an added token
@@ -128,12 +145,14 @@ def upcycle_llava(
     overwrite: bool = False,
     max_shard_size: int | str = "5GB",
     card: ModelCardInfo | None = None,
+    processor: str = "original",
 ) -> UpcycleSummary:
-    """Write `base` (a Llava folder or Hub id) with a freshly initialised fuser as a Hub-ready folder `output_dir`."""
+    """Write `base` (a Llava folder or Hub id) with a freshly initialised fuser as a Hub-ready folder `output_dir`;
+    `processor` ("original" or "base") chooses the folder's processor (see the module's docstring)."""
     start = time.perf_counter()
     base_folder = resolve_folder(base, BASE_PATTERNS)
     config = upcycled_config(AutoConfig.from_pretrained(base_folder), key_value_layers)
-    processor = upcycled_processor(base_folder, config)
+    folder_processor = upcycled_processor(base_folder, config, processor)
     # LlavaForConditionalGeneration maps the llava-hf checkpoints' older key layout.
     base_model = LlavaForConditionalGeneration.from_pretrained(base_folder, dtype="auto").eval()
     with torch.device("meta"):
@@ -143,19 +162,30 @@ def upcycle_llava(
     model.generation_config = copy.deepcopy(base_model.generation_config)
     model.eval()
 
+    inputs = (
+        "This folder's processor is LLaVA-1.5's original preprocessing (images padded to a square, the vicuna_v1 "
+        "prompt), as the paper trained with; a llava-hf processor crops non-square images instead, so the same "
+        "picture and question give other inputs there."
+        if processor == "original" else "This folder keeps the base's own processor."
+    )
     provenance = (
         f"Upcycled with `mmfuser-llava upcycle` from `{base}`: all of its weights, plus a fuser initialised as in the "
-        "original (gates at zero). Until the fuser is trained, the model's outputs equal the base model's."
+        "original (gates at zero). Until the fuser is trained, the model's outputs equal the base model's on the same "
+        f"inputs. {inputs}"
     )
     model_card = build_model_card(with_default_base_model(card, base), config, provenance, Path(output_dir).name)
-    save_hub_folder(model, processor, output_dir, overwrite, max_shard_size,
+    save_hub_folder(model, folder_processor, output_dir, overwrite, max_shard_size,
                     extra_files=lambda folder: model_card.save(folder / "README.md"))
     return UpcycleSummary(
         output_dir=Path(output_dir),
         parameters=model.num_parameters(),
         fuser_parameters=sum(parameter.numel() for parameter in model.model.fuser.parameters()),
         seconds=time.perf_counter() - start,
+        processor=processor,
     )
 
 
-__all__ = ["UpcycleSummary", "fresh_fuser", "share_llava_parts", "upcycle_llava", "upcycled_config", "upcycled_processor"]
+__all__ = [
+    "PROCESSORS", "UpcycleSummary", "fresh_fuser", "share_llava_parts", "upcycle_llava", "upcycled_config",
+    "upcycled_processor",
+]

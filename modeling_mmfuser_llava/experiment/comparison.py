@@ -2,7 +2,9 @@
 two-stage recipe, test accuracy.
 
 Runs go to a pool of worker processes with one torch thread each: on a CPU that is faster than threads inside one
-run (the models are tiny), and it keeps every run bit-for-bit reproducible whatever the number of workers.
+run (the models are tiny). Every run is seeded and single-threaded, but the shared pretraining before them runs on
+`workers` threads, and its float sums may round differently with another thread count: the results are bit-for-bit
+reproducible for the same `workers` on the same machine type and versions (tested), not promised across `workers`.
 """
 
 import json
