@@ -99,17 +99,24 @@ def user_environment(**extra: str) -> dict[str, str]:
     return environment
 
 
-def run_as_user(python: Path, arguments: Sequence, cwd: Path, timeout: float, **extra_env: str):
+def run_as_user(
+    python: Path, arguments: Sequence, cwd: Path, timeout: float, installed: bool = False, **extra_env: str
+):
     """Run ``python arguments`` where a Hub user would: from ``cwd`` (outside the clone), with ``user_environment``.
 
-    Fails, with the child's output, if the process fails or if this package is importable there.
+    Fails, with the child's output, if the process fails or if this package is importable there; with ``installed``
+    (a user who `pip install`ed the package, e.g. for a tool's plugin), if it is not imported from the venv itself.
     """
     environment = user_environment(**extra_env)
-    find_package = "import importlib.util as u, sys; sys.exit(u.find_spec('modeling_mmfuser_llava') is not None)"
+    find_package = "import importlib.util as u; s = u.find_spec('modeling_mmfuser_llava'); print(s.origin if s else '')"
     probe = subprocess.run(
         [str(python), "-c", find_package], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
     )
-    if probe.returncode != 0:
+    origin = probe.stdout.strip()
+    venv = Path(python).parent.parent
+    if installed and not origin.startswith(str(venv)):
+        raise AssertionError(f"modeling_mmfuser_llava is not installed in {venv} (found: {origin or 'nothing'})")
+    if not installed and origin:
         raise AssertionError(f"modeling_mmfuser_llava is importable by {python}: the test would prove nothing")
     result = subprocess.run(
         [str(python), *map(str, arguments)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
