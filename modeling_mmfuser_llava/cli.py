@@ -16,6 +16,7 @@ COMMANDS = (
     "experiment",
     "convert",
     "upcycle",
+    "card",
 )
 
 
