@@ -49,15 +49,26 @@ def model_dir(tmp_path_factory) -> Path:
     return write_trained_tiny_hub_folder(tmp_path_factory.mktemp("model") / "mmfuser-llava-tiny-trained")
 
 
-def run_lmms_eval(python: Path, model_dir: Path, output: Path, batch_size: int) -> tuple[dict, dict[str, str]]:
-    """The documented command; returns lmms-eval's results for the task and its answers by question id."""
+@pytest.fixture(scope="module")
+def reference() -> tuple[dict[str, str], dict[str, float]]:
+    """The project's evaluation of the bundled model on the task's questions: answers by id, and their scores."""
+    answers = answers_by_id(TRAINED_TINY_MODEL, TASK_DIR)  # `evaluate` is `score` of these
+    return answers, score(TASK_DIR, answers)
+
+
+def run_lmms_eval(
+    python: Path, model_dir: Path, output: Path, batch_size: int, processes: int = 1
+) -> tuple[dict, dict[str, str]]:
+    """The documented command (with `processes`, under torchrun); returns lmms-eval's results for the task and its
+    answers by question id."""
     installed_tasks = run_as_user(
         python, ["-c", "from modeling_mmfuser_llava.integrations.lmms_eval import TASKS_DIR; print(TASKS_DIR)"],
         cwd=output.parent, timeout=120, installed=True,
     ).stdout.strip()
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
     run_as_user(
         python,
-        ["-m", "lmms_eval", "--model", MODEL_NAME, "--model_args", f"pretrained={model_dir},device=cpu",
+        [*launcher, "-m", "lmms_eval", "--model", MODEL_NAME, "--model_args", f"pretrained={model_dir},device=cpu",
          "--tasks", TASK, "--include_path", installed_tasks, "--batch_size", str(batch_size),
          "--output_path", output, "--log_samples"],
         cwd=output.parent, timeout=LMMS_EVAL_TIMEOUT_SECONDS, installed=True,
@@ -72,15 +83,16 @@ def run_lmms_eval(python: Path, model_dir: Path, output: Path, batch_size: int) 
     return json.loads(results_files[0].read_text())["results"][TASK], answers
 
 
-def test_lmms_eval_scores_the_toy_task_as_the_project_evaluation(lmms_eval_python, model_dir, tmp_path):
+def test_lmms_eval_scores_the_toy_task_as_the_project_evaluation(lmms_eval_python, model_dir, reference, tmp_path):
+    """One process at batch size 8; two processes (data-parallel as on GPUs, here on the CPU under torchrun, lmms-eval
+    gathering the answers) at batch size 1: both give the project evaluation's answers (batch 50), one by one."""
     batch_8, answers_8 = run_lmms_eval(lmms_eval_python, model_dir, tmp_path / "batch-8", batch_size=8)
-    batch_1, answers_1 = run_lmms_eval(lmms_eval_python, model_dir, tmp_path / "batch-1", batch_size=1)
+    batch_1, answers_1 = run_lmms_eval(lmms_eval_python, model_dir, tmp_path / "batch-1", batch_size=1, processes=2)
 
-    reference = answers_by_id(TRAINED_TINY_MODEL, TASK_DIR)  # the project's evaluation: `evaluate` is score(answers)
-    accuracy = score(TASK_DIR, reference)
-    print(f"\nlmms-eval accuracy {batch_8['accuracy,none']} (batch 8), {batch_1['accuracy,none']} (batch 1); "
-          f"project evaluation {accuracy['all']} on {len(reference)} questions", file=sys.stderr)
-    assert answers_8 == reference and answers_1 == reference
+    answers, accuracy = reference
+    print(f"\nlmms-eval accuracy {batch_8['accuracy,none']} (batch 8), {batch_1['accuracy,none']} (batch 1, two "
+          f"processes); project evaluation {accuracy['all']} on {len(answers)} questions", file=sys.stderr)
+    assert answers_8 == answers and answers_1 == answers
     for results in (batch_8, batch_1):
         assert results["accuracy,none"] == pytest.approx(accuracy["all"])
         assert results["fine_accuracy,none"] == pytest.approx(accuracy["fine"])

@@ -73,6 +73,11 @@ class MMFuserLlava(lmms):
         return self._model
 
     @property
+    def device(self) -> torch.device:
+        """Where lmms-eval puts the tensors it gathers across processes."""
+        return self._model.device
+
+    @property
     def batch_size(self) -> int:
         return self.batch_size_per_process
 
