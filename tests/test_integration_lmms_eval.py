@@ -35,7 +35,7 @@ def eval_requirements() -> list[str]:
 @pytest.fixture(scope="module")
 def lmms_eval_python(tmp_path_factory) -> Path:
     python = cached_venv("lmms-eval", eval_requirements())
-    build = tmp_path_factory.mktemp("build")  # pip builds the wheel outside the clone, leaving no build/ in it
+    build = tmp_path_factory.mktemp("build")
     subprocess.run(
         [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--force-reinstall",
          CLONE], cwd=build, check=True, capture_output=True, timeout=600,
