@@ -24,6 +24,7 @@ COMMANDS = (
     "convert",
     "upcycle",
     "web",
+    "card",
 )
 
 

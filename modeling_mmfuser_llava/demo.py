@@ -40,17 +40,32 @@ def bundled_examples() -> list[dict]:
 
 
 def load_for_inference(
-    model_name_or_path: str | Path, device: str = "cpu", load_in_4bit: bool = False, dtype: torch.dtype | None = None
+    model_name_or_path: str | Path,
+    device: str = "cpu",
+    load_in_4bit: bool = False,
+    dtype: torch.dtype | str | None = None,
+    load_in_8bit: bool = False,
+    attn_implementation: str | None = None,
 ):
-    """Model and processor from a Hub id or a local folder, with `trust_remote_code=True`."""
+    """Model and processor from a Hub id or a local folder, with `trust_remote_code=True`.
+
+    `dtype` defaults to float16 on CUDA and float32 elsewhere; 4-bit is NF4, and either quantization leaves the
+    vision tower, the fuser and the projector unquantized (the model's default skip list)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA GPU on this machine")
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4") if load_in_4bit else None
+    if load_in_4bit and load_in_8bit:
+        raise ValueError("load_in_4bit and load_in_8bit exclude each other: ask for one")
+    quantization = None
+    if load_in_4bit:
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    elif load_in_8bit:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForImageTextToText.from_pretrained(
         model_name_or_path,
         trust_remote_code=True,
         dtype=dtype or (torch.float16 if device.startswith("cuda") else torch.float32),
         quantization_config=quantization,
+        attn_implementation=attn_implementation,
         device_map=device,
     ).eval()
     processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
@@ -64,12 +79,13 @@ def user_message(text: str, with_image: bool = True) -> dict:
 
 
 def conversation_inputs(model, processor, images: list[Image.Image], conversations: list[list[dict]]):
-    """Model inputs for one conversation per image, through the processor's chat template (vicuna_v1), left-padded,
-    on the model's device and in its dtype, ready for `generate`."""
+    """Model inputs for chat conversations (`images`: the pictures of their image items, in order), through the
+    processor's chat template (vicuna_v1), left-padded, on the model's device and in its dtype, ready for `generate`."""
     texts = [processor.apply_chat_template(messages, add_generation_prompt=True) for messages in conversations]
-    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="left")
+    inputs = processor(images=images or None, text=texts, return_tensors="pt", padding=True, padding_side="left")
     inputs = inputs.to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     return inputs
 
 
@@ -82,9 +98,21 @@ def answer_batch(
     model, processor, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32
 ) -> list[str]:
     """Greedy answers to one prompt per image, generated as one left-padded batch."""
-    inputs = conversation_inputs(model, processor, images, [[user_message(prompt)] for prompt in prompts])
+    conversations = [[user_message(prompt)] for prompt in prompts]
+    return answer_conversations(model, processor, conversations, images, max_new_tokens=max_new_tokens)
+
+
+def answer_conversations(
+    model, processor, conversations: list[list[dict]], images: list[Image.Image], **generation_kwargs
+) -> list[str]:
+    """The assistant's next turn in each chat conversation, generated as one left-padded batch.
+
+    `images` holds the pictures of every conversation's image items, in order. Greedy unless `generation_kwargs`
+    (passed to `generate`, e.g. `max_new_tokens`) say otherwise.
+    """
+    inputs = conversation_inputs(model, processor, images, conversations)
     with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        output = model.generate(**inputs, **{"do_sample": False, **generation_kwargs})
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -183,6 +211,7 @@ __all__ = [
     "DemoAnswer",
     "answer",
     "answer_batch",
+    "answer_conversations",
     "bundled_examples",
     "conversation_inputs",
     "load_for_inference",

@@ -110,11 +110,13 @@ def package_blocker() -> Path:
     return folder
 
 
-def user_environment(**extra: str) -> dict[str, str]:
-    """The environment of a Hub user's process: this package cannot be imported (`package_blocker`), nothing of this
-    clone is on PYTHONPATH, offline, quiet."""
+def user_environment(hide_package: bool = True, **extra: str) -> dict[str, str]:
+    """The environment of a Hub user's process: nothing of this clone on PYTHONPATH, offline, quiet, and (unless
+    `hide_package` is false: a user who installed it, e.g. for a tool's plugin) this package unimportable."""
     environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    environment.update(PYTHONPATH=str(package_blocker()), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    environment.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    if hide_package:
+        environment["PYTHONPATH"] = str(package_blocker())
     return environment
 
 
@@ -127,14 +129,30 @@ def _check_package_hidden(python: Path, cwd: Path, environment: dict[str, str]) 
         raise AssertionError(f"{PACKAGE} is importable by {python}: the test would prove nothing")
 
 
-def run_as_user(python: Path, arguments: Sequence, cwd: Path, timeout: float, **extra_env: str):
-    """Run ``python arguments`` where a Hub user would: from ``cwd`` (outside the clone), with ``user_environment``.
-    ``python`` may be this venv's own (``sys.executable``): the package is blocked, not merely left off the path.
+def _check_package_installed(python: Path, cwd: Path, environment: dict[str, str]) -> None:
+    find_package = f"import importlib.util as u; s = u.find_spec('{PACKAGE}'); print(s.origin if s else '')"
+    probe = subprocess.run(
+        [str(python), "-c", find_package], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+    )
+    origin, venv = probe.stdout.strip(), Path(python).parent.parent
+    if not origin.startswith(str(venv)):
+        raise AssertionError(f"{PACKAGE} is not installed in {venv} (found: {origin or 'nothing'})")
 
-    Fails, with the child's output, if the process fails or if this package is importable there.
+
+def run_as_user(
+    python: Path, arguments: Sequence, cwd: Path, timeout: float, installed: bool = False, **extra_env: str
+):
+    """Run ``python arguments`` where a Hub user would: from ``cwd`` (outside the clone), with ``user_environment``.
+    ``python`` may be this venv's own (``sys.executable``): the package is then blocked, not merely left off the path.
+
+    Fails, with the child's output, if the process fails or if this package is importable there; with ``installed``
+    (a user who `pip install`ed the package, e.g. for a tool's plugin), if it is not imported from the venv itself.
     """
-    environment = user_environment(**extra_env)
-    _check_package_hidden(python, cwd, environment)
+    environment = user_environment(hide_package=not installed, **extra_env)
+    if installed:
+        _check_package_installed(python, cwd, environment)
+    else:
+        _check_package_hidden(python, cwd, environment)
     result = subprocess.run(
         [str(python), *map(str, arguments)], cwd=cwd, env=environment, stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=timeout,

@@ -26,8 +26,9 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                       help="a base model for the card's metadata (repeatable), e.g. lmsys/vicuna-7b-v1.5")
     card.add_argument("--dataset", action="append", default=[], metavar="REPO_ID",
                       help="a training dataset (repeatable; default: the LLaVA-1.5 recipe's data)")
-    card.add_argument("--eval-results", metavar="FILE",
-                      help="JSON list of huggingface_hub EvalResult fields measured on THIS checkpoint (model-index)")
+    card.add_argument("--eval-results", metavar="PATH",
+                      help="results measured on THIS checkpoint, for the card's model-index: lmms-eval's results "
+                      "folder (or a *_results.json in it), or a JSON list of huggingface_hub EvalResult fields")
     card.add_argument("--space", metavar="SPACE_ID",
                       help="a Space serving this model (mmfuser-llava web --write-space), linked from the card")
     push = parser.add_argument_group("push")

@@ -5,9 +5,11 @@ not measured on the checkpoint it describes.
 """
 
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_mmfuser_llava import MMFuserLlavaConfig
@@ -81,20 +83,7 @@ model = AutoModelForImageTextToText.from_pretrained(
 )
 ```
 
-## Evaluation
-
-{% if has_eval_results -%}
-Results supplied with this checkpoint (also in the metadata above):
-
-| Dataset | Metric | Value |
-|---|---|---|
-{% for result in eval_results -%}
-| {{ result.dataset_name }} | {{ result.metric_name or result.metric_type }} | {{ result.metric_value }} |
-{% endfor %}
-{%- else -%}
-No evaluation results were supplied for this checkpoint. The paper reports results for the authors' own models;
-they are not measurements of this checkpoint.
-{%- endif %}
+{{ evaluation_section }}
 
 ## Citation
 
@@ -102,6 +91,24 @@ they are not measurements of this checkpoint.
 {{ citation }}
 ```
 """
+
+
+EVALUATION_HEADING = "## Evaluation"
+EVALUATION_TEMPLATE = """## Evaluation
+
+{% if eval_results -%}
+Results supplied with this checkpoint (also in the metadata above):
+
+| Dataset | Metric | Value | Source |
+|---|---|---|---|
+{% for result in eval_results -%}
+| {{ result.dataset_name }} | {{ result.metric_name or result.metric_type }} | {{ result.metric_value }} | \
+{{ result.source_name or "supplied by the user" }} |
+{% endfor %}
+{%- else -%}
+No evaluation results were supplied for this checkpoint. The paper reports results for the authors' own models;
+they are not measurements of this checkpoint.
+{%- endif %}"""
 
 
 @dataclass
@@ -125,16 +132,29 @@ def with_default_base_model(card: ModelCardInfo | None, name: str | Path) -> Mod
 
 
 def load_eval_results(path: str | Path) -> list[EvalResult]:
-    """Evaluation results from a JSON list of objects with huggingface_hub `EvalResult` fields, e.g.
+    """Evaluation results from lmms-eval's output (its `--output_path` folder or a `*_results.json` in it), or from a
+    JSON list of objects with huggingface_hub `EvalResult` fields, e.g.
     `{"task_type": "visual-question-answering", "dataset_type": "textvqa", "dataset_name": "TextVQA",
     "metric_type": "accuracy", "metric_value": 58.8}`."""
+    from ..integrations.lmms_eval.results import LmmsEvalResultsError, is_lmms_eval_results, read_lmms_eval_results
+
+    if is_lmms_eval_results(path):
+        try:
+            return read_lmms_eval_results(path)
+        except LmmsEvalResultsError as error:
+            raise ConversionError(str(error)) from None
     try:
         entries = json.loads(Path(path).read_text())
         if not isinstance(entries, list):
-            raise TypeError("expected a JSON list of objects")
+            raise TypeError("expected a JSON list of objects, or lmms-eval's results folder")
         return [EvalResult(**entry) for entry in entries]
     except (OSError, json.JSONDecodeError, TypeError, ValueError) as error:
         raise ConversionError(f"cannot read evaluation results from {path}: {error}") from None
+
+
+def evaluation_section(eval_results: list[EvalResult]) -> str:
+    """The card's "Evaluation" section: a table of `eval_results`, or the statement that none were supplied."""
+    return jinja2.Template(EVALUATION_TEMPLATE).render(eval_results=eval_results)
 
 
 def build_model_card(info: ModelCardInfo, config: MMFuserLlavaConfig, provenance: str, fallback_name: str) -> ModelCard:
@@ -161,10 +181,54 @@ def build_model_card(info: ModelCardInfo, config: MMFuserLlavaConfig, provenance
         key_value_layers=list(config.fuser_key_value_layers),
         dtype=config.dtype,
         space_id=info.space_id,
-        has_eval_results=bool(info.eval_results),
-        eval_results=info.eval_results,
+        evaluation_section=evaluation_section(info.eval_results),
         citation=CITATION,
     )
 
 
-__all__ = ["ModelCardInfo", "build_model_card", "load_eval_results", "with_default_base_model"]
+def refresh_eval_results(folder: str | Path, eval_results: list[EvalResult]) -> Path:
+    """Put `eval_results` into the card (`README.md`) of the model folder `folder`: its `model-index` and its
+    Evaluation section. A result replaces the card's result of the same benchmark, metric and filter; the card's
+    other results and the rest of its text stay. A folder without a card gets a new one from its config."""
+    folder = Path(folder)
+    card_path = folder / "README.md"
+    if card_path.is_file():
+        card = ModelCard.load(card_path)
+    elif (folder / "config.json").is_file():
+        config = MMFuserLlavaConfig.from_pretrained(folder)
+        card = build_model_card(ModelCardInfo(), config, f"Weights from `{folder.name}`.", folder.name)
+    else:
+        raise ConversionError(f"{folder} holds no model card (README.md) and no config.json: not a model folder")
+    updated = {_result_key(result) for result in eval_results}
+    kept = [result for result in card.data.eval_results or [] if _result_key(result) not in updated]
+    card.data.eval_results = [*kept, *eval_results]
+    card.data.model_name = card.data.model_name or folder.name
+    heading = card.text.find(EVALUATION_HEADING)
+    section = evaluation_section(card.data.eval_results)
+    if heading < 0:
+        card.text = f"{card.text.rstrip()}\n\n{section}\n"
+    else:
+        following = card.text.find("\n## ", heading + len(EVALUATION_HEADING))
+        rest = "" if following < 0 else card.text[following:]
+        card.text = f"{card.text[:heading]}{section}\n{rest}"
+    staged = card_path.with_name("README.md.partial")
+    try:
+        card.save(staged)
+        os.replace(staged, card_path)
+    finally:
+        staged.unlink(missing_ok=True)
+    return card_path
+
+
+def _result_key(result: EvalResult) -> tuple:
+    return result.dataset_type, result.dataset_config, result.dataset_split, result.metric_type, result.metric_config
+
+
+__all__ = [
+    "ModelCardInfo",
+    "build_model_card",
+    "evaluation_section",
+    "load_eval_results",
+    "refresh_eval_results",
+    "with_default_base_model",
+]
