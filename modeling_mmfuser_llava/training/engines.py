@@ -1,8 +1,8 @@
 """Which distributed engine a run asked for and which one really runs: DDP, DeepSpeed ZeRO-2/3 or FSDP2.
 
-accelerate falls back to another engine without a word in some setups (FSDP on CPU processes, DeepSpeed with
-`--use_cpu`); the Trainer setup here names the engine that runs in one `engine: ...` line and stops when it is not
-the one requested.
+accelerate falls back to another engine without a word in some setups (FSDP and DeepSpeed on CPU processes); the
+Trainer setup here turns them on there too, names the engine that runs in one `engine: ...` line, and stops when it
+is not the one requested.
 """
 
 import contextlib
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 from torch import nn
 
 from .arguments import TrainingArguments
@@ -44,14 +44,51 @@ def engine_line(accelerator: Accelerator) -> str:
 
 
 def check_engine(requested: str | None, accelerator: Accelerator) -> None:
-    """Asking for DeepSpeed or FSDP and getting something else is an error, not a silent fallback."""
+    """Asking for DeepSpeed or FSDP and getting something else is an error, not a silent fallback; so is a launch of
+    several processes that accelerate did not join (on CPUs without `--use_cpu True`, each trains alone)."""
     running = running_engine(accelerator)
     if requested is not None and not running.startswith(requested):
-        hint = " (DeepSpeed does not run with --use_cpu: drop it)" if requested == "deepspeed" else ""
-        raise RuntimeError(f"{requested} was requested but the run would use {running}{hint}")
+        raise RuntimeError(f"{requested} was requested but the run would use {running}")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RuntimeError(f"{launched} processes were launched but accelerate joined {accelerator.num_processes}: on "
+                           "CPUs pass --use_cpu True")
 
 
-def enable_fsdp_on_cpu_processes(accelerator: Accelerator, plugin_arguments: dict | None) -> None:
+def init_deepspeed_communication(args: TrainingArguments) -> None:
+    """DeepSpeed's communication layer over the process group accelerate set up, before the model is loaded.
+
+    ZeRO-3 partitions the weights as `from_pretrained` loads them (`zero.Init`), through `deepspeed.comm`; accelerate
+    initialises it only on accelerator devices, so on CPU processes `zero.Init` saw a world of one process.
+    """
+    if not args.deepspeed:
+        return
+    import deepspeed
+
+    args.device  # noqa: B018  (sets up accelerate's process group: gloo on CPUs, NCCL on GPUs)
+    deepspeed.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
+
+
+def enable_deepspeed_on_cpu_processes(accelerator: Accelerator, deepspeed_plugin: DeepSpeedPlugin | None) -> None:
+    """Turn a multi-CPU-process run into the DeepSpeed run it was asked to be.
+
+    accelerate chooses DeepSpeed only when not `cpu` (`AcceleratorState`), yet on a machine without accelerators the
+    processes join only with `--use_cpu True`. DeepSpeed runs on CPUs (its CPU accelerator, gloo): this does what
+    `AcceleratorState` does for DeepSpeed on GPUs.
+    """
+    state = accelerator.state
+    if deepspeed_plugin is None or state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    deepspeed_plugin.set_mixed_precision(state.mixed_precision)
+    deepspeed_plugin.select(_from_accelerator_state=True)
+    state.deepspeed_plugins = deepspeed_plugin
+    state._mixed_precision = "no"  # DeepSpeed's config handles precision
+    state.distributed_type = DistributedType.DEEPSPEED
+    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+    accelerator.native_amp = False
+
+
+def enable_fsdp_on_cpu_processes(accelerator: Accelerator, requested_fsdp: bool, plugin_arguments: dict | None) -> None:
     """Turn a multi-CPU-process run into the FSDP run it was asked to be.
 
     accelerate's `AcceleratorState` switches to FSDP only for accelerator device types (CUDA, XPU, NPU, ...), so on
@@ -60,9 +97,10 @@ def enable_fsdp_on_cpu_processes(accelerator: Accelerator, plugin_arguments: dic
     GPUs, is all that is missing.
     """
     state = accelerator.state
-    if plugin_arguments is None or state.distributed_type != DistributedType.MULTI_CPU:
+    if not requested_fsdp or state.distributed_type != DistributedType.MULTI_CPU:
         return
-    plugin = FullyShardedDataParallelPlugin(**plugin_arguments)
+    # The Trainer's `--fsdp_config`, else `accelerate launch --config_file`'s settings (FSDP_* variables).
+    plugin = FullyShardedDataParallelPlugin(**(plugin_arguments or {}))
     if state.mixed_precision != "no":
         plugin.set_mixed_precision(state.mixed_precision)
     state.fsdp_plugin = plugin
@@ -95,8 +133,10 @@ def as_own_class(model: nn.Module) -> Iterator[nn.Module]:
 __all__ = [
     "as_own_class",
     "check_engine",
+    "enable_deepspeed_on_cpu_processes",
     "enable_fsdp_on_cpu_processes",
     "engine_line",
+    "init_deepspeed_communication",
     "model_class_of",
     "requested_engine",
     "running_engine",

@@ -23,6 +23,7 @@ from transformers import (
     CLIPVisionModel,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
@@ -98,6 +99,7 @@ def load_model_and_processor(
         model = MMFuserLlavaForConditionalGeneration.from_pretrained(
             source, **load_options, **quantized(full_model_skips)
         )
+        keep_used_weight_conversions(model)
         check_fuser_settings(model.config, model_args)
         processor = AutoProcessor.from_pretrained(source)
         prepare_tokenizer(processor.tokenizer)
@@ -146,6 +148,18 @@ def load_model_and_processor(
     set_generation_tokens(model, tokenizer)
     processor = build_processor(tokenizer, vision_config.image_size, vision_config.patch_size)
     return model, processor
+
+
+def keep_used_weight_conversions(model: PreTrainedModel) -> None:
+    """Forget the key renamings that loading did not apply, so that `save_pretrained` writes the model's own names.
+
+    `save_pretrained` reverses the renamings recorded at load in `model._weight_conversions`. The ordinary loader keeps
+    the ones that matched a key of the checkpoint; transformers' ZeRO-3 loader keeps the whole Llava mapping, and the
+    saved file then held `model.language_model.model.*` and `model.vision_tower.vision_model.*` names.
+    """
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions is not None:
+        model._weight_conversions = [conversion for conversion in conversions if conversion.was_used()]
 
 
 def fuser_overrides(model_args: ModelArguments) -> dict:
@@ -268,14 +282,15 @@ def set_trainable_parts(
 def parameter_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
     """(trainable, total) parameters per part of the model; LoRA adapters are counted apart as "lora".
 
-    A 4-bit weight counts its unpacked size; PEFT's frozen originals of `modules_to_save` are not counted twice.
+    A 4-bit weight counts its unpacked size, a ZeRO-3 partitioned one its whole size; PEFT's frozen originals of
+    `modules_to_save` are not counted twice.
     """
     counts = {part: [0, 0] for part in [*PARTS, "lora"]}
     for name, parameter in model.named_parameters():
         if ".original_module." in name:
             continue
         part = "lora" if "lora_" in name else next(p for p, prefixes in PARTS.items() if in_part(name, prefixes))
-        size = parameter.numel()
+        size = getattr(parameter, "ds_numel", None) or parameter.numel()  # ZeRO-3 partitions leave numel() == 0
         if type(parameter).__name__ == "Params4bit":  # two 4-bit values per byte of storage
             size *= 2 * parameter.element_size()
         counts[part][0] += size if parameter.requires_grad else 0

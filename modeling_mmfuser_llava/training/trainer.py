@@ -15,7 +15,14 @@ import torch
 from transformers import Trainer
 
 from .data import ModalityLengthGroupedSampler
-from .engines import as_own_class, check_engine, enable_fsdp_on_cpu_processes, engine_line, requested_engine
+from .engines import (
+    as_own_class,
+    check_engine,
+    enable_deepspeed_on_cpu_processes,
+    enable_fsdp_on_cpu_processes,
+    engine_line,
+    requested_engine,
+)
 from .model_setup import FUSER, MM_PROJECTOR_FILE, in_part, load_mm_adapter, save_mm_adapter
 
 
@@ -28,8 +35,10 @@ class MMFuserTrainer(Trainer):
     def create_accelerator_and_postprocess(self) -> None:
         requested = requested_engine(self.args)
         super().create_accelerator_and_postprocess()
-        enable_fsdp_on_cpu_processes(self.accelerator, self.args.fsdp_plugin_args)
+        enable_fsdp_on_cpu_processes(self.accelerator, requested == "fsdp", self.args.fsdp_plugin_args)
+        enable_deepspeed_on_cpu_processes(self.accelerator, self.args.deepspeed_plugin)
         self.is_fsdp_enabled = getattr(self.accelerator.state, "fsdp_plugin", None) is not None
+        self.is_deepspeed_enabled = getattr(self.accelerator.state, "deepspeed_plugin", None) is not None
         check_engine(requested, self.accelerator)
         if self.args.process_index == 0:
             print(engine_line(self.accelerator), flush=True)
