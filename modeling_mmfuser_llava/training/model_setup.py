@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.modeling_utils import set_zero3_state
 
 from ..configuration_mmfuser_llava import MMFuserLlavaConfig
 from ..fusion_variants import build_fuser, build_projector
@@ -191,9 +192,12 @@ def assemble_model(
     """An MMFuser-LLaVA around loaded parts, with a freshly initialised fuser (and projector when none is given).
 
     A given projector (a Llava's) is kept; concatenation gets a wider one that starts as it, see `widen_for_concat`.
-    The skeleton is built on the meta device, so no memory or time goes into weights that are replaced at once.
+    The skeleton is built on the meta device, so no memory or time goes into weights that are replaced at once. Under
+    ZeRO-3, `set_zero3_state` keeps transformers from partitioning and initialising the skeleton's parts
+    (`from_config` would run `zero.Init` on meta tensors); the loaded parts are partitioned already, and DeepSpeed
+    partitions the new fuser and projector when it wraps the model.
     """
-    with torch.device("meta"):
+    with torch.device("meta"), set_zero3_state():
         model = MMFuserLlavaForConditionalGeneration(config)
     model.model.vision_tower = vision_tower
     model.model.language_model = language_model
@@ -236,7 +240,7 @@ def resize_embeddings_for(model: MMFuserLlavaForConditionalGeneration, tokenizer
 
     Deterministic on purpose: `merge-lora` rebuilds the same base model and must get the same rows back.
     """
-    old_size = model.get_input_embeddings().weight.shape[0]
+    old_size = model.get_input_embeddings().num_embeddings  # not weight.shape: 0 for a ZeRO-3 partitioned weight
     if len(tokenizer) <= old_size:
         return
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
