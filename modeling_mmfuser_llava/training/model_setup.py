@@ -23,9 +23,11 @@ from transformers import (
     CLIPVisionModel,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.modeling_utils import set_zero3_state
 
 from ..configuration_mmfuser_llava import MMFuserLlavaConfig
 from ..fusion_variants import build_fuser, build_projector
@@ -98,6 +100,7 @@ def load_model_and_processor(
         model = MMFuserLlavaForConditionalGeneration.from_pretrained(
             source, **load_options, **quantized(full_model_skips)
         )
+        keep_used_weight_conversions(model)
         check_fuser_settings(model.config, model_args)
         processor = AutoProcessor.from_pretrained(source)
         prepare_tokenizer(processor.tokenizer)
@@ -148,6 +151,18 @@ def load_model_and_processor(
     return model, processor
 
 
+def keep_used_weight_conversions(model: PreTrainedModel) -> None:
+    """Forget the key renamings that loading did not apply, so that `save_pretrained` writes the model's own names.
+
+    `save_pretrained` reverses the renamings recorded at load in `model._weight_conversions`. The ordinary loader keeps
+    the ones that matched a key of the checkpoint; transformers' ZeRO-3 loader keeps the whole Llava mapping, and the
+    saved file then held `model.language_model.model.*` and `model.vision_tower.vision_model.*` names.
+    """
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions is not None:
+        model._weight_conversions = [conversion for conversion in conversions if conversion.was_used()]
+
+
 def fuser_overrides(model_args: ModelArguments) -> dict:
     """The fuser settings given for a new fuser: variant (paper, Tables I and VII), heads and points."""
     names = ("fuser_fusion", "fuser_attention_type", "fuser_num_heads", "fuser_num_points")
@@ -177,9 +192,12 @@ def assemble_model(
     """An MMFuser-LLaVA around loaded parts, with a freshly initialised fuser (and projector when none is given).
 
     A given projector (a Llava's) is kept; concatenation gets a wider one that starts as it, see `widen_for_concat`.
-    The skeleton is built on the meta device, so no memory or time goes into weights that are replaced at once.
+    The skeleton is built on the meta device, so no memory or time goes into weights that are replaced at once. Under
+    ZeRO-3, `set_zero3_state` keeps transformers from partitioning and initialising the skeleton's parts
+    (`from_config` would run `zero.Init` on meta tensors); the loaded parts are partitioned already, and DeepSpeed
+    partitions the new fuser and projector when it wraps the model.
     """
-    with torch.device("meta"):
+    with torch.device("meta"), set_zero3_state():
         model = MMFuserLlavaForConditionalGeneration(config)
     model.model.vision_tower = vision_tower
     model.model.language_model = language_model
@@ -222,7 +240,7 @@ def resize_embeddings_for(model: MMFuserLlavaForConditionalGeneration, tokenizer
 
     Deterministic on purpose: `merge-lora` rebuilds the same base model and must get the same rows back.
     """
-    old_size = model.get_input_embeddings().weight.shape[0]
+    old_size = model.get_input_embeddings().num_embeddings  # not weight.shape: 0 for a ZeRO-3 partitioned weight
     if len(tokenizer) <= old_size:
         return
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -268,14 +286,15 @@ def set_trainable_parts(
 def parameter_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
     """(trainable, total) parameters per part of the model; LoRA adapters are counted apart as "lora".
 
-    A 4-bit weight counts its unpacked size; PEFT's frozen originals of `modules_to_save` are not counted twice.
+    A 4-bit weight counts its unpacked size, a ZeRO-3 partitioned one its whole size; PEFT's frozen originals of
+    `modules_to_save` are not counted twice.
     """
     counts = {part: [0, 0] for part in [*PARTS, "lora"]}
     for name, parameter in model.named_parameters():
         if ".original_module." in name:
             continue
         part = "lora" if "lora_" in name else next(p for p, prefixes in PARTS.items() if in_part(name, prefixes))
-        size = parameter.numel()
+        size = getattr(parameter, "ds_numel", None) or parameter.numel()  # ZeRO-3 partitions leave numel() == 0
         if type(parameter).__name__ == "Params4bit":  # two 4-bit values per byte of storage
             size *= 2 * parameter.element_size()
         counts[part][0] += size if parameter.requires_grad else 0

@@ -13,6 +13,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments, check_argument_combinations
 from .data import LazySupervisedDataset, SupervisedCollator
+from .engines import init_deepspeed_communication
 from .lora import add_lora_adapters, write_base_model_record
 from .model_setup import (
     format_parameter_counts,
@@ -57,6 +58,7 @@ def run_training(
     if training_args.bits < 16:
         quantization = dict(bits=training_args.bits, quant_type=training_args.quant_type,
                             double_quant=training_args.double_quant)
+    init_deepspeed_communication(training_args)
     model, processor = load_model_and_processor(
         model_args, training_dtype(training_args), quantization, device=training_args.device
     )

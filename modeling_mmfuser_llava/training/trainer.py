@@ -1,9 +1,12 @@
-"""`transformers.Trainer` with the three changes MMFuser training needs, each a documented Trainer override point.
+"""`transformers.Trainer` with the changes MMFuser training needs, each a documented Trainer override point.
 
+- `create_accelerator_and_postprocess`: FSDP on CPU processes too, one `engine: ...` line naming the engine that runs,
+  and an error when it is not the one requested (see `engines`).
 - `create_optimizer`: the fuser's parameters get their own learning rate (`--ms_cross_attn_lr`, the 13B stage 1).
 - `_get_train_sampler`: LLaVA's `--group_by_modality_length` order.
 - `_save` / `_load_from_checkpoint`: in stage 1 a checkpoint and the final output hold the fuser and projector only
-  (one safetensors file, not a copy of the frozen 7B/13B LLM), and resuming reads them back from it.
+  (one safetensors file, not a copy of the frozen 7B/13B LLM), and resuming reads them back from it; a full save
+  under FSDP2 writes the project's model files and `auto_map`, not those of FSDP2's wrapper class.
 """
 
 from pathlib import Path
@@ -12,6 +15,14 @@ import torch
 from transformers import Trainer
 
 from .data import ModalityLengthGroupedSampler
+from .engines import (
+    as_own_class,
+    check_engine,
+    enable_deepspeed_on_cpu_processes,
+    enable_fsdp_on_cpu_processes,
+    engine_line,
+    requested_engine,
+)
 from .model_setup import FUSER, MM_PROJECTOR_FILE, in_part, load_mm_adapter, save_mm_adapter
 
 
@@ -20,6 +31,17 @@ class MMFuserTrainer(Trainer):
         """`mm_adapter_only`: stage 1, where only the fuser and projector train and get saved."""
         self.mm_adapter_only = mm_adapter_only
         super().__init__(*args, **kwargs)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        requested = requested_engine(self.args)
+        super().create_accelerator_and_postprocess()
+        enable_fsdp_on_cpu_processes(self.accelerator, requested == "fsdp", self.args.fsdp_plugin_args)
+        enable_deepspeed_on_cpu_processes(self.accelerator, self.args.deepspeed_plugin)
+        self.is_fsdp_enabled = getattr(self.accelerator.state, "fsdp_plugin", None) is not None
+        self.is_deepspeed_enabled = getattr(self.accelerator.state, "deepspeed_plugin", None) is not None
+        check_engine(requested, self.accelerator)
+        if self.args.process_index == 0:
+            print(engine_line(self.accelerator), flush=True)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The Trainer's optimizer; with `ms_cross_attn_lr`, each group's fuser parameters move to a twin group."""
@@ -51,7 +73,8 @@ class MMFuserTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.mm_adapter_only:
-            return super()._save(output_dir, state_dict)
+            with as_own_class(self.accelerator.unwrap_model(self.model, keep_torch_compile=False)):
+                return super()._save(output_dir, state_dict)
         if not self.args.should_save:
             return
         output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
