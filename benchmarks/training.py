@@ -1,0 +1,111 @@
+"""(f) a stage-2 training step of MMFuser-LLaVA against plain LLaVA-1.5, and the fuser's own forward + backward.
+
+Stage 2 as the paper trains it: the vision tower frozen; fuser, projector and language model trained. A small
+language model (SMALL_LM's width, 2 layers) keeps the step short, so the fuser's share is large: the hard case.
+"""
+
+import torch
+from torch.distributed._tools.mem_tracker import MemTracker
+from transformers import LlavaForConditionalGeneration
+
+from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
+from modeling_mmfuser_llava.conversion.upcycle import share_llava_parts
+from modeling_mmfuser_llava.fuser import MMFuserBlock
+
+from .configs import SMALL_LM, model_configs
+from .fuser import clip_l336_fuser, fuser_inputs
+from .generation import prompt_inputs
+from .timing import Result, interleaved_times
+
+TWO_LAYER_LM = {**SMALL_LM, "num_hidden_layers": 2}
+TEXT_TOKENS = 64  # + 576 image tokens = 640 tokens per sequence
+
+
+def stage_two_models(seed: int = 0) -> tuple[MMFuserLlavaForConditionalGeneration, LlavaForConditionalGeneration]:
+    """MMFuser-LLaVA (open gates, real offsets) and a plain Llava sharing its tower, projector and language model,
+    with the tower frozen as in stage 2."""
+    mmfuser_config, llava_config = model_configs(**TWO_LAYER_LM)
+    torch.manual_seed(seed)
+    mmfuser = MMFuserLlavaForConditionalGeneration(mmfuser_config)
+    mmfuser.model.fuser = clip_l336_fuser(torch.float32, seed)
+    with torch.device("meta"):
+        plain = LlavaForConditionalGeneration(llava_config)
+    share_llava_parts(mmfuser, plain)
+    mmfuser.model.vision_tower.requires_grad_(False)
+    return mmfuser.train(), plain.train()
+
+
+def training_inputs(batch: int) -> dict[str, torch.Tensor]:
+    inputs = prompt_inputs(batch, torch.float32, TEXT_TOKENS)
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model_configs()[0].image_token_id, -100)
+    return {**inputs, "labels": labels}
+
+
+def training_step(model, inputs: dict[str, torch.Tensor]) -> None:
+    model(**inputs).loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def fuser_forward_backward(fuser: MMFuserBlock, query: torch.Tensor, keys_values: list[torch.Tensor]) -> None:
+    fuser(query, keys_values).sum().backward()
+    fuser.zero_grad(set_to_none=True)
+
+
+def linear_layers_forward_backward(fuser: MMFuserBlock, query: torch.Tensor, keys_values: list[torch.Tensor]) -> None:
+    """Every Linear of the block, forward and backward (input and weight gradients), on inputs of its shapes."""
+    keys_values = torch.cat(keys_values, 1).requires_grad_()
+    query = query.detach().requires_grad_()
+    outputs = []
+    for attention, values_input in ((fuser.cross_attn, keys_values), (fuser.self_attn, query)):
+        outputs += [attention.value_proj(values_input), attention.sampling_offsets(query)]
+        outputs += [attention.attention_weights(query), attention.output_proj(query)]
+    torch.autograd.backward([output.sum() for output in outputs])
+    fuser.zero_grad(set_to_none=True)
+
+
+def peak_activation_bytes(model, inputs: dict[str, torch.Tensor]) -> int:
+    """Peak bytes over a training step of everything but parameters, buffers and gradients (torch's MemTracker)."""
+    tracker = MemTracker()
+    tracker.track_external(model)
+    with tracker:
+        model(**inputs).loss.backward()
+    model.zero_grad(set_to_none=True)
+    peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
+    return peak["Total"] - sum(peak.get(kind, 0) for kind in ("Parameter", "Buffer", "Gradient"))
+
+
+def measure_training(batch: int, rounds: int) -> list[Result]:
+    mmfuser, plain = stage_two_models()
+    inputs = training_inputs(batch)
+    fuser = mmfuser.model.fuser
+    query, keys_values = fuser_inputs(fuser, batch, torch.float32)
+    times = interleaved_times(
+        {
+            "mmfuser": lambda: training_step(mmfuser, inputs),
+            "plain": lambda: training_step(plain, inputs),
+            "fuser": lambda: fuser_forward_backward(fuser, query, keys_values),
+            "linears": lambda: linear_layers_forward_backward(fuser, query, keys_values),
+        },
+        rounds,
+    )
+    setting = f"float32, batch {batch}, {inputs['input_ids'].shape[1]} tokens, 2-layer Llama"
+    results = [
+        times.result("(f) training step (stage 2), MMFuser / plain Llava, direct", setting, "mmfuser", "plain", "<= 1.10"),
+        times.result("(f) fuser forward+backward / its linear layers' forward+backward", setting, "fuser", "linears",
+                     "<= 2.0"),
+    ]
+    for checkpointing in (False, True):
+        for model in (mmfuser, plain):
+            if checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_disable()
+        ours, baseline = peak_activation_bytes(mmfuser, inputs), peak_activation_bytes(plain, inputs)
+        mib = 2**20
+        results.append(
+            Result(
+                f"(f) peak activation memory of the step, MMFuser / plain Llava{', gradient checkpointing' * checkpointing}",
+                setting, f"{ours / mib:.0f} MiB", f"{baseline / mib:.0f} MiB", ours / baseline, target="<= 1.10",
+            )
+        )
+    return results
