@@ -20,13 +20,15 @@ ROWS = {
     "generate": "(d): generate against plain Llava",
     "footprint": "(e): 4-bit and 8-bit footprints",
     "training": "(f): a stage-2 training step against plain Llava's, and its peak activation memory",
+    "compile": "(g): the fuser compiled with inductor against eager mode (compiles for minutes first)",
 }
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="float32 only, no footprint")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="which rows to measure (default all)")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to measure (default all): "
+                        + "; ".join(f"{name} {what}" for name, what in ROWS.items()))
     parser.add_argument("--rounds", type=int, default=5, help="timed interleaved rounds of every ratio (default 5)")
     parser.add_argument("--vision-batch-8", action="store_true", help="also time (c) at batch 8 (adds minutes)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     import torch
 
+    from .compiled import measure_compiled_fuser
     from .footprint import measure_footprints
     from .fuser import measure_fuser
     from .generation import measure_generation
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(lambda dtype=dtype: measure_generation(dtype, rounds, arguments.new_tokens))
     if "training" in arguments.rows:
         steps.append(lambda: measure_training(2, rounds))
+    if "compile" in arguments.rows:
+        steps.append(lambda: measure_compiled_fuser(rounds))
     if "footprint" in arguments.rows and not arguments.quick:
         steps.append(measure_footprints)
     results = []

@@ -4,8 +4,11 @@ Stage 2 as the paper trains it: the vision tower frozen; fuser, projector and la
 language model (SMALL_LM's width, 2 layers) keeps the step short, so the fuser's share is large: the hard case.
 """
 
+import weakref
+
 import torch
-from torch.distributed._tools.mem_tracker import MemTracker
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from transformers import LlavaForConditionalGeneration
 
 from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
@@ -63,15 +66,49 @@ def linear_layers_forward_backward(fuser: MMFuserBlock, query: torch.Tensor, key
     fuser.zero_grad(set_to_none=True)
 
 
+class AllocationLog(TorchDispatchMode):
+    """Every storage an op creates while the mode is on: its bytes, and the order of creations and frees."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[tuple[int, int]] = []  # (storage address, +bytes when created / -bytes when freed)
+        self.live: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(output):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in self.live:
+                storage = tensor.untyped_storage()
+                address, size = storage.data_ptr(), storage.nbytes()
+                if address and size:
+                    self.live[address] = size
+                    self.events.append((address, size))
+                    weakref.finalize(storage, self.free, address)
+        return output
+
+    def free(self, address: int) -> None:
+        if address in self.live:
+            self.events.append((address, -self.live.pop(address)))
+
+    def peak_bytes(self, excluded: set[int]) -> int:
+        """The highest total of live storages over the log, leaving out the storages at `excluded` addresses."""
+        total = peak = 0
+        for address, change in self.events:
+            if address not in excluded:
+                total += change
+                peak = max(peak, total)
+        return peak
+
+
 def peak_activation_bytes(model, inputs: dict[str, torch.Tensor]) -> int:
-    """Peak bytes over a training step of everything but parameters, buffers and gradients (torch's MemTracker)."""
-    tracker = MemTracker()
-    tracker.track_external(model)
-    with tracker:
+    """Peak bytes of the storages a training step creates, but the parameters' gradients: its activation memory
+    (with temporaries), as an allocator sees it."""
+    with AllocationLog() as log:
         model(**inputs).loss.backward()
+        gradients = {parameter.grad.untyped_storage().data_ptr() for parameter in model.parameters()
+                     if parameter.grad is not None}
     model.zero_grad(set_to_none=True)
-    peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
-    return peak["Total"] - sum(peak.get(kind, 0) for kind in ("Parameter", "Buffer", "Gradient"))
+    return log.peak_bytes(gradients)
 
 
 def measure_training(batch: int, rounds: int) -> list[Result]:
