@@ -3,10 +3,42 @@
 Hub-facing: imports only transformers, so a Hub repo can carry this file alone.
 """
 
+import re
 from typing import Any
 
+import transformers
 from transformers import LlavaConfig
 from transformers.configuration_utils import strict  # huggingface_hub's, re-exported: Hub files import transformers only
+
+# The transformers releases these files are proven on (tests/test_integration_transformers_versions.py): the lowest
+# supported release and the first unsupported one. A Hub user's transformers outside it is refused when loading.
+LOWEST_SUPPORTED_TRANSFORMERS = (5, 16, 1)
+FIRST_UNSUPPORTED_TRANSFORMERS = (5, 25, 0)
+SUPPORTED_TRANSFORMERS_RANGE = (
+    f">={'.'.join(map(str, LOWEST_SUPPORTED_TRANSFORMERS))},<{'.'.join(map(str, FIRST_UNSUPPORTED_TRANSFORMERS[:2]))}"
+)
+
+
+def transformers_release(version: str = transformers.__version__) -> tuple[int, int, int]:
+    """(major, minor, patch) of a transformers version string such as "5.23.0" or "5.25.0.dev0"."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if match is None:
+        raise ValueError(f"cannot read the transformers version {version!r}")
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def check_transformers_release(version: str = transformers.__version__) -> None:
+    """Refuse a transformers release outside the proven range: hidden-state capture and config loading change between
+    minors, and a difference there changes the model's outputs without an error."""
+    if not LOWEST_SUPPORTED_TRANSFORMERS <= transformers_release(version) < FIRST_UNSUPPORTED_TRANSFORMERS:
+        raise ImportError(
+            f"MMFuser-LLaVA's model files support transformers{SUPPORTED_TRANSFORMERS_RANGE}, but transformers "
+            f"{version} is installed: pip install 'transformers{SUPPORTED_TRANSFORMERS_RANGE}'"
+        )
+
+
+check_transformers_release()
 
 # The paper's fusion methods: its MMFuser block (default), Table I's simple fusions, and the single-layer baseline.
 FUSER_FUSIONS = ("mmfuser", "concat", "average", "weighted_average", "none")

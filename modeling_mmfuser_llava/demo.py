@@ -25,6 +25,8 @@ TRAINED_TINY_EXAMPLES = ASSETS / "trained-tiny-examples"
 
 @dataclass
 class DemoAnswer:
+    image_path: str
+    prompt: str
     answer: str
     seconds: float
     model_path: str
@@ -88,16 +90,20 @@ def run_demo(
     device: str = "cpu",
     load_in_4bit: bool = False,
     max_new_tokens: int = 32,
+    overwrite: bool = False,
 ) -> DemoAnswer:
-    """Load `model` (by default the bundled trained tiny model, written as a Hub folder first) through
-    trust_remote_code and answer `prompt` about `image`.
+    """Load `model` (by default the bundled trained tiny model, written as a Hub folder first, into `save_dir` if
+    given) through trust_remote_code and answer `prompt` about `image`.
 
     Defaults: the first bundled example picture and its first question; a bundled picture asked one of its
-    questions gets the right answer in `expected`.
+    questions gets the right answer in `expected`. A `save_dir` holding anything but a previous demo's model folder
+    is refused unless `overwrite` is set.
     """
     examples = bundled_examples()
     if image is not None and not Path(image).is_file():
         raise FileNotFoundError(f"no image at {image}")
+    if model is None and save_dir is not None and not overwrite:
+        check_replaceable_demo_folder(Path(save_dir))
     image_path = Path(image) if image is not None else examples[0]["image"]
     if prompt is None:
         prompt = examples[0]["questions"][0]["question"] if image is None else DEFAULT_PROMPT
@@ -112,11 +118,44 @@ def run_demo(
         start = time.perf_counter()
         loaded, processor = load_for_inference(model, device=device, load_in_4bit=load_in_4bit)
         text = answer(loaded, processor, picture, prompt, max_new_tokens)
-        return DemoAnswer(text, time.perf_counter() - start, str(model), known.get((image_path.resolve(), prompt)))
+        seconds = time.perf_counter() - start
+        return DemoAnswer(str(image_path), prompt, text, seconds, str(model), known.get((image_path.resolve(), prompt)))
+
+
+def model_config(folder: Path) -> dict | None:
+    """`folder`'s model config as transformers reads it (defaults filled in), without the version that wrote it; None
+    if it has none that reads."""
+    from .configuration_mmfuser_llava import MMFuserLlavaConfig
+
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        config = MMFuserLlavaConfig.from_pretrained(folder).to_dict()
+    except (OSError, ValueError, TypeError):
+        return None
+    return {key: value for key, value in config.items() if key != "transformers_version"}
+
+
+def is_demo_folder(folder: Path) -> bool:
+    """Whether `folder` holds only what the demo writes: the bundled tiny model's config, its files, model code."""
+    names = {path.name for path in TRAINED_TINY_MODEL.iterdir()}
+    return all(path.is_file() and (path.name in names or path.suffix == ".py") for path in folder.iterdir()) and (
+        model_config(folder) == model_config(TRAINED_TINY_MODEL)
+    )
+
+
+def check_replaceable_demo_folder(save_dir: Path) -> None:
+    """Refuse to write the demo's model folder over a file, or over a folder holding anything but a previous one."""
+    if save_dir.exists() and not (save_dir.is_dir() and (not any(save_dir.iterdir()) or is_demo_folder(save_dir))):
+        raise FileExistsError(f"{save_dir} exists and is not a model folder written by the demo: "
+                              "pass overwrite=True (--overwrite) to replace it")
 
 
 def write_trained_tiny_hub_folder(output_dir: str | Path) -> Path:
-    """The bundled trained tiny model as a Hub-layout folder, with this package's model code beside the weights."""
+    """The bundled trained tiny model as a Hub-layout folder, with this package's model code beside the weights.
+
+    `output_dir` is replaced if it exists: callers check first (`check_replaceable_demo_folder`).
+    """
     from .hub_folder import save_hub_folder
     from .modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
 

@@ -1,12 +1,13 @@
 """MMFuser-LLaVA: LLaVA-1.5 whose projector sees the penultimate CLIP layer enriched with shallower layers.
 
-Only `get_image_features` differs from Llava: it keeps the fuser's layers from ONE vision pass
-(`output_hidden_states` with their indices), fuses them, then projects. Everything else is Llava's.
+Only `get_image_features` differs from Llava: it takes the fuser's layers from ONE vision pass, fuses them, then
+projects. Everything else is Llava's.
 
 Hub-facing: imports only torch, transformers and the project's other Hub files.
 """
 
 import torch
+import transformers
 from torch import nn
 from transformers import (
     AutoModel,
@@ -19,10 +20,16 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from .configuration_mmfuser_llava import MMFuserLlavaConfig
+from .configuration_mmfuser_llava import SUPPORTED_TRANSFORMERS_RANGE, MMFuserLlavaConfig, transformers_release
 from .deformable_attention import MMFuserDeformableAttention, sampling_offset_bias
 from .fuser import MMFuserBlock
 from .fusion_variants import build_fuser, build_projector, init_fusion_variant_weights
+
+# What `output_hidden_states=[indices]` means depends on the release: from 5.23 on, the tuple keeps its full length
+# (embeddings first, then one entry per layer) with `None` for the entries not listed, so only those are kept; 5.16
+# keeps every entry; 5.17-5.22 drop the embeddings entry, so that index i holds hidden state i + 1. Before 5.23 the
+# fuser therefore asks for `output_hidden_states=True`, whose meaning never changed (all entries kept).
+SELECTS_HIDDEN_STATES_BY_INDEX = transformers_release() >= (5, 23, 0)
 
 
 class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
@@ -119,14 +126,28 @@ class MMFuserLlavaModel(MMFuserLlavaPreTrainedModel, LlavaModel):
             )
         layers = [*self.config.fuser_key_value_layers, vision_feature_layer]
         if not kwargs.get("output_hidden_states"):
-            kwargs["output_hidden_states"] = layers  # keep only these layers' outputs in the one vision pass
+            # Keep only these layers' outputs in the one vision pass, where the release allows it.
+            kwargs["output_hidden_states"] = layers if SELECTS_HIDDEN_STATES_BY_INDEX else True
         image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
-        maps = [image_outputs.hidden_states[index] for index in layers]
+        maps = self._fuser_input_maps(image_outputs.hidden_states, layers)
         if vision_feature_select_strategy == "default":
             maps = [feature_map[:, 1:] for feature_map in maps]
         image_features = self.multi_modal_projector(self.fuser(maps[-1], maps[:-1]))
         image_outputs.pooler_output = list(image_features)
         return image_outputs
+
+    def _fuser_input_maps(self, hidden_states: tuple | None, layers: list[int]) -> list[torch.Tensor]:
+        """The entries `layers` of the vision tower's hidden states, after checking that the tuple is the full one
+        (embeddings, then one entry per layer): a shorter or shifted tuple would feed the fuser the wrong layers."""
+        expected = self.config.vision_config.num_hidden_layers + 1
+        if hidden_states is None or len(hidden_states) != expected or any(hidden_states[i] is None for i in layers):
+            got = "none" if hidden_states is None else f"{len(hidden_states)}"
+            raise RuntimeError(
+                f"the vision tower returned {got} hidden states where the fuser needs all {expected} (embeddings, then "
+                f"one per layer) with layers {layers} present; transformers {transformers.__version__} is installed, "
+                f"MMFuser-LLaVA supports transformers{SUPPORTED_TRANSFORMERS_RANGE}"
+            )
+        return [hidden_states[index] for index in layers]
 
 
 class MMFuserLlavaForConditionalGeneration(MMFuserLlavaPreTrainedModel, LlavaForConditionalGeneration):

@@ -1,14 +1,18 @@
 """Model card, push dry run and the convert command line (no network: the dry run must not touch it)."""
 
 import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import huggingface_hub
 import pytest
 from huggingface_hub import HfApi, ModelCard
 from original_layout import original, write_original_checkpoint  # noqa: F401 (fixture)
 
 from modeling_mmfuser_llava.cli import main
 from modeling_mmfuser_llava.conversion import ConversionError, ModelCardInfo, build_model_card, load_eval_results
-from modeling_mmfuser_llava.conversion.push import push_folder
+from modeling_mmfuser_llava.conversion.push import PushError, push_folder
 
 EVAL_RESULTS = [
     {"task_type": "visual-question-answering", "dataset_type": "textvqa", "dataset_name": "TextVQA",
@@ -93,7 +97,93 @@ def test_push_creates_the_repo_and_uploads_the_folder(tmp_path, monkeypatch):
     upload = calls[1][2]
     assert upload["repo_id"] == "someone/model" and upload["folder_path"] == tmp_path
     assert upload["repo_type"] == create["repo_type"] == "model"
-    assert set(upload["ignore_patterns"]) == {".git/**", ".cache/**"}
+
+
+class StopBeforeTheNetwork(Exception):
+    pass
+
+
+def test_dry_run_lists_exactly_what_the_upload_sends(tmp_path, monkeypatch):
+    """`.git` and `.cache` skipped at any depth, by both: the dry run's list against the files huggingface_hub's
+    `upload_folder` picks with the ignore patterns it is given (recorded where it builds the commit)."""
+    for name in ("model.safetensors", "sub/weights.bin", ".gitattributes", "cache/kept.txt", "sub/.github/kept",
+                 ".git/HEAD", "sub/.git/HEAD", ".cache/huggingface/upload/x.lock", ".cache/other", "sub/.cache/y",
+                 "a/b/.cache/z"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    sent = []
+    prepare_additions = HfApi._prepare_upload_folder_additions
+
+    def record_additions(self, *args, **kwargs):
+        sent.extend(operation.path_in_repo for operation in prepare_additions(self, *args, **kwargs))
+        raise StopBeforeTheNetwork
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *args, **kwargs: None)
+    monkeypatch.setattr(HfApi, "_prepare_upload_folder_additions", record_additions)
+    with pytest.raises(StopBeforeTheNetwork):
+        push_folder(tmp_path, "someone/model", token="hf_test")
+    planned = [file.path for file in push_folder(tmp_path, "someone/model", dry_run=True)]
+    assert planned == sorted(sent) == [".gitattributes", "cache/kept.txt", "model.safetensors", "sub/.github/kept",
+                                       "sub/weights.bin"]
+
+
+@pytest.fixture
+def hub_endpoint(monkeypatch):
+    """Point huggingface_hub at a URL (HF_ENDPOINT, also read at import: set in its constants too), online."""
+    def point_at(url: str) -> None:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_TOKEN", "hf_test")
+    return point_at
+
+
+def test_a_refused_connection_is_a_message_and_exit_code_2(original, tmp_path, capsys, hub_endpoint):
+    source = write_original_checkpoint(tmp_path / "original", original, weight_format="safetensors")
+    output_dir = tmp_path / "converted"
+    with socket.socket() as closed_port:  # bound, never listening: connections to it are refused at once
+        closed_port.bind(("127.0.0.1", 0))
+        hub_endpoint(f"http://127.0.0.1:{closed_port.getsockname()[1]}")
+        exit_code = main(["convert", "--checkpoint", str(source), "--output", str(output_dir), "--no-progress",
+                          "--push-to-hub", "someone/mmfuser-tiny"])
+    assert exit_code == 2
+    error = capsys.readouterr().err
+    assert "mmfuser-llava convert: error: creating the Hub repo someone/mmfuser-tiny failed (ConnectError" in error
+    assert f"The local folder is complete at {output_dir}: upload it later with `hf upload" in error
+    assert "Traceback" not in error
+    assert {"config.json", "model.safetensors", "README.md"} <= {path.name for path in output_dir.iterdir()}
+
+
+class RefuseTheToken(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.dumps({"error": "Invalid credentials in Authorization header"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_hub_error_names_what_failed_and_the_complete_folder(tmp_path, hub_endpoint):
+    (tmp_path / "config.json").write_text("{}")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RefuseTheToken)
+    server.timeout = 10
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        hub_endpoint(f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(PushError) as raised:
+            push_folder(tmp_path, "someone/model", private=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    message = str(raised.value)
+    assert message.startswith("creating the Hub repo someone/model failed (") and "401" in message
+    assert f"complete at {tmp_path}: upload it later with `hf upload someone/model {tmp_path} . --private`" in message
 
 
 def test_convert_command_with_push_dry_run(original, tmp_path, capsys, no_network):

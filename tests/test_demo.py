@@ -14,21 +14,63 @@ from modeling_mmfuser_llava.demo import (
     bundled_examples,
     load_for_inference,
     run_demo,
+    write_tiny_hub_folder,
     write_trained_tiny_hub_folder,
 )
 from modeling_mmfuser_llava.experiment.task import QUESTIONS
 
 
+def printed_fields(printed: str) -> dict[str, str]:
+    """The demo's `label: value` lines."""
+    return {label: value.strip() for label, value in (line.split(":", 1) for line in printed.splitlines())}
+
+
 def test_demo_writes_reloads_and_answers_right(tmp_path, capsys):
     assert main(["demo", "--save-dir", str(tmp_path / "tiny")]) == 0
-    printed = capsys.readouterr().out
-    assert f"model:  {tmp_path / 'tiny'}" in printed and "time: " in printed
+    printed = printed_fields(capsys.readouterr().out)
+    assert printed["model"] == str(tmp_path / "tiny")
+    assert printed["time"].endswith(" s (load through trust_remote_code + generate)")
     config = json.loads((tmp_path / "tiny" / "config.json").read_text())
     assert config["model_type"] == "mmfuser_llava" and "AutoModelForImageTextToText" in config["auto_map"]
     assert (tmp_path / "tiny" / "modeling_mmfuser_llava.py").is_file()  # the code travels with the weights
-    answer_line = printed.split("answer: ", 1)[1].splitlines()[0]
-    right = printed.split("right answer: ", 1)[1].splitlines()[0]
-    assert answer_line == right == bundled_examples()[0]["questions"][0]["answer"]
+    example = bundled_examples()[0]
+    # The output reads on its own: which picture, what was asked, the answer and the right one.
+    assert printed["picture"] == str(example["image"]) and printed["question"] == example["questions"][0]["question"]
+    assert printed["answer"] == printed["right answer"] == example["questions"][0]["answer"]
+
+
+def test_demo_prints_the_picture_and_question_it_was_given(tmp_path, capsys):
+    write_trained_tiny_hub_folder(tmp_path / "tiny")
+    example = bundled_examples()[2]
+    question = example["questions"][3]
+    assert main(["demo", "--model", str(tmp_path / "tiny"), "--image", str(example["image"]),
+                 "--prompt", question["question"], "--max-new-tokens", "4"]) == 0
+    printed = printed_fields(capsys.readouterr().out)
+    assert list(printed) == ["picture", "question", "answer", "right answer", "model", "time"]
+    assert printed["picture"] == str(example["image"]) and printed["question"] == question["question"]
+    assert printed["answer"] == printed["right answer"] == question["answer"]
+
+
+def test_demo_refuses_to_replace_a_folder_it_did_not_write(tmp_path, capsys):
+    """--save-dir over a user's folder: a clear error, nothing touched; --overwrite replaces it; a previous demo's
+    folder (or an empty one) is replaced without it."""
+    save_dir = tmp_path / "mine"
+    save_dir.mkdir()
+    (save_dir / "notes.txt").write_text("keep me")
+    assert main(["demo", "--save-dir", str(save_dir), "--max-new-tokens", "1"]) == 2
+    assert "is not a model folder written by the demo: pass overwrite=True (--overwrite)" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["mine"] and (save_dir / "notes.txt").read_text() == "keep me"
+    not_the_demo_model = tmp_path / "other-model"
+    write_tiny_hub_folder(not_the_demo_model)  # a model folder with the same file names, another model's config
+    with pytest.raises(FileExistsError, match="not a model folder written by the demo"):
+        run_demo(save_dir=not_the_demo_model, max_new_tokens=1)
+    assert main(["demo", "--save-dir", str(save_dir), "--max-new-tokens", "1", "--overwrite"]) == 0
+    assert not (save_dir / "notes.txt").exists() and (save_dir / "model.safetensors").is_file()
+    assert run_demo(save_dir=save_dir, max_new_tokens=1).model_path == str(save_dir)  # a previous demo's folder
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_demo(save_dir=empty, max_new_tokens=1).model_path == str(empty)
+    capsys.readouterr()
 
 
 def test_bundled_model_answers_every_bundled_question_right(tmp_path):

@@ -53,9 +53,10 @@ def card_info(args: argparse.Namespace, default_base_models: list[str] = ()):
 
 
 def write_then_push(command: str, args: argparse.Namespace, write: Callable[[], object]) -> int:
-    """Run `write()` (which writes args.output), print its summary, push if asked; bad input -> message, exit code 2."""
+    """Run `write()` (which writes args.output), print its summary, push if asked; bad input or a failed push ->
+    message, exit code 2."""
     from ..conversion import ConversionError
-    from ..conversion.push import describe_upload, push_folder
+    from ..conversion.push import PushError, describe_upload, push_folder
 
     try:
         print(write())
@@ -65,7 +66,7 @@ def write_then_push(command: str, args: argparse.Namespace, write: Callable[[], 
                 print(describe_upload(args.push_to_hub, files, args.private))
             else:
                 print(f"uploaded {len(files)} files to https://huggingface.co/{args.push_to_hub}")
-    except (ConversionError, FileExistsError) as error:
+    except (ConversionError, FileExistsError, PushError) as error:
         print(f"mmfuser-llava {command}: error: {error}", file=sys.stderr)
         return 2
     return 0
