@@ -19,7 +19,8 @@ ROWS = {
     "vision": "(c): the vision path against plain Llava's, batch 1 and 4",
     "generate": "(d): generate against plain Llava",
     "footprint": "(e): 4-bit and 8-bit footprints",
-    "training": "(f): a stage-2 training step against plain Llava's, and its peak activation memory",
+    "training": "(f): a stage-2 training step against plain Llava's, and the fuser's forward + backward",
+    "memory": "(f): the peak activation memory of that training step",
     "compile": "(g): the fuser compiled with inductor against eager mode (compiles for minutes first)",
 }
 
@@ -30,7 +31,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to measure (default all): "
                         + "; ".join(f"{name} {what}" for name, what in ROWS.items()))
     parser.add_argument("--rounds", type=int, default=5, help="timed interleaved rounds of every ratio (default 5)")
-    parser.add_argument("--vision-batch-8", action="store_true", help="also time (c) at batch 8 (adds minutes)")
+    parser.add_argument("--vision-batches", type=int, nargs="+", default=[1, 4], help="batches of (c) (default 1 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per call in (d)")
     return parser.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from .fuser import measure_fuser
     from .generation import measure_generation
     from .timing import load_average
-    from .training import measure_training
+    from .training import measure_activation_memory, measure_training
     from .vision import measure_vision_path
 
     if arguments.threads:
@@ -76,10 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         if "fuser" in arguments.rows:
             steps += [lambda dtype=dtype, batch=batch: measure_fuser(dtype, batch, rounds) for batch in (1, 8)]
         if "vision" in arguments.rows:
-            batches = (1, 4, 8) if arguments.vision_batch_8 else (1, 4)
-            steps += [lambda dtype=dtype, batch=batch: measure_vision_path(dtype, batch, rounds) for batch in batches]
+            steps += [
+                lambda dtype=dtype, batch=batch: measure_vision_path(dtype, batch, rounds)
+                for batch in arguments.vision_batches
+            ]
         if "generate" in arguments.rows:
             steps.append(lambda dtype=dtype: measure_generation(dtype, rounds, arguments.new_tokens))
+    if "memory" in arguments.rows:
+        steps.append(lambda: measure_activation_memory(2))
     if "training" in arguments.rows:
         steps.append(lambda: measure_training(2, rounds))
     if "compile" in arguments.rows:
