@@ -19,7 +19,8 @@ ROWS = {
     "vision": "(c): the vision path against plain Llava's, batch 1 and 4",
     "generate": "(d): generate against plain Llava",
     "footprint": "(e): 4-bit and 8-bit footprints",
-    "training": "(f): a stage-2 training step against plain Llava's, and the fuser's forward + backward",
+    "training": "(f): a stage-2 training step against plain Llava's",
+    "fuser-training": "(f): the fuser's forward + backward against its linear layers'",
     "memory": "(f): the peak activation memory of that training step",
     "compile": "(g): the fuser compiled with inductor against eager mode (compiles for minutes first)",
 }
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from .fuser import measure_fuser
     from .generation import measure_generation
     from .timing import load_average
-    from .training import measure_activation_memory, measure_training
+    from .training import measure_activation_memory, measure_fuser_training, measure_training
     from .vision import measure_vision_path
 
     if arguments.threads:
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(lambda dtype=dtype: measure_generation(dtype, rounds, arguments.new_tokens))
     if "memory" in arguments.rows:
         steps.append(lambda: measure_activation_memory(2))
+    if "fuser-training" in arguments.rows:
+        steps.append(lambda: measure_fuser_training(2, rounds))
     if "training" in arguments.rows:
         steps.append(lambda: measure_training(2, rounds))
     if "compile" in arguments.rows:
