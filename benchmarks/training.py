@@ -21,7 +21,7 @@ from .generation import prompt_inputs
 from .timing import Result, interleaved_times
 
 TWO_LAYER_LM = {**SMALL_LM, "num_hidden_layers": 2}
-TEXT_TOKENS = 64  # + 576 image tokens = 640 tokens per sequence
+TEXT_TOKENS = 63  # + BOS + 576 image tokens = 640 tokens per sequence
 
 
 def stage_two_models(seed: int = 0) -> tuple[MMFuserLlavaForConditionalGeneration, LlavaForConditionalGeneration]:
