@@ -4,6 +4,7 @@ Both clocks are kept: wall time (what a user waits) and the process's CPU time (
 which barely moves when other jobs take the cores away for a while.
 """
 
+import dataclasses
 import os
 import statistics
 import time
@@ -29,6 +30,19 @@ class Timings:
         """Median over rounds of the per-round ratio: robust to load that changes between rounds."""
         series = self.seconds[clock]
         return statistics.median(a / b for a, b in zip(series[numerator], series[denominator]))
+
+    def ratios(self, numerator: str, denominator: str, clock: str = "cpu") -> list[float]:
+        series = self.seconds[clock]
+        return [a / b for a, b in zip(series[numerator], series[denominator])]
+
+    def result(self, measurement: str, setting: str, ours: str, baseline: str, target: str = "") -> "Result":
+        """A table line for `ours` / `baseline`: median times, median per-round ratios, the CPU ratios' spread."""
+        cpu_ratios = self.ratios(ours, baseline)
+        return Result(
+            measurement, setting, f"{self.median_ms(ours):.0f} ms", f"{self.median_ms(baseline):.0f} ms",
+            self.median_ratio(ours, baseline), self.median_ratio(ours, baseline, "cpu"), target,
+            (min(cpu_ratios), max(cpu_ratios)), len(cpu_ratios),
+        )
 
     def scale(self, name: str, factor: float) -> None:
         for series in self.seconds.values():
@@ -64,6 +78,16 @@ class Result:
     ratio: float
     cpu_ratio: float | None = None
     target: str = ""
+    spread: tuple[float, float] | None = None  # lowest and highest per-round CPU-time ratio
+    rounds: int | None = None
+
+    def mapped(self, function: Callable[[float], float], measurement: str, ours: str, baseline: str) -> "Result":
+        """This result with every ratio passed through a monotonic `function` (e.g. a time ratio to a speed ratio)."""
+        spread = sorted(map(function, self.spread))
+        return dataclasses.replace(
+            self, measurement=measurement, ours=ours, baseline=baseline, ratio=function(self.ratio),
+            cpu_ratio=function(self.cpu_ratio), spread=(spread[0], spread[1]),
+        )
 
 
 def load_average() -> str:

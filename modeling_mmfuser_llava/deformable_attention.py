@@ -11,6 +11,48 @@ from torch import nn
 from transformers.integrations import use_kernel_forward_from_hub
 
 
+class WeightedGather(torch.autograd.Function):
+    """`embedding_bag(rows, table, per_sample_weights=weights, mode="sum")` with a backward that costs what its forward
+    does: the table's gradient is the transposed gather (entries sorted by row, one `embedding_bag` over the output
+    gradient) instead of the generic dense backward, which scatters every entry's row one at a time.
+
+    Both gradients are `embedding_bag`'s own: the table's sums the same terms, the weights' comes from the same aten
+    kernel. Every shape is static (no `bincount`), so `torch.compile` captures it in one graph.
+    """
+
+    @staticmethod
+    def forward(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """table: (table rows, dim); rows: (bags, entries), int32 or int64; weights: (bags, entries)."""
+        return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        table, rows, weights = inputs
+        ctx.save_for_backward(table, rows, weights)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:
+        table, rows, weights = ctx.saved_tensors
+        bags, entries = rows.shape
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            # A stable sort: each table row sums its entries in bag order, as embedding_bag's own backward does.
+            sorted_rows, order = rows.flatten().sort(stable=True)
+            table_rows = torch.arange(table.shape[0], dtype=rows.dtype, device=rows.device)
+            grad_table = F.embedding_bag(
+                order // entries, grad_output, torch.searchsorted(sorted_rows, table_rows),
+                per_sample_weights=weights.flatten()[order], mode="sum",
+            )
+        if ctx.needs_input_grad[2]:
+            entry_bags = torch.arange(bags, device=rows.device).repeat_interleave(entries)
+            offsets = torch.arange(0, bags * entries, entries, device=rows.device)
+            grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_output, table, rows.flatten(), offsets, entry_bags, 0, -1
+            ).view(bags, entries)
+        return grad_table, None, grad_weights
+
+
 def deformable_sampling(
     value: torch.Tensor, sampling_locations: torch.Tensor, attention_weights: torch.Tensor, grid_size: int
 ) -> torch.Tensor:
@@ -56,9 +98,7 @@ def deformable_sampling(
     top, bottom = attention_weights * weight_y0, attention_weights * weight_y1
     corner_weights = [top * weight_x0, top * weight_x1, bottom * weight_x0, bottom * weight_x1]
     weights = torch.stack(corner_weights, -3).view(-1, 4, levels * points)
-    output = F.embedding_bag(
-        rows.flatten(1), value.reshape(-1, head_dim), per_sample_weights=weights.flatten(1), mode="sum"
-    )
+    output = WeightedGather.apply(value.reshape(-1, head_dim), rows.flatten(1), weights.flatten(1))
     return output.view(batch, queries, heads * head_dim)
 
 

@@ -5,12 +5,14 @@ import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers.models.deformable_detr.modeling_deformable_detr import MultiScaleDeformableAttention
 
 from benchmarks.reference import per_level_deformable_sampling, use_per_level_core
 from modeling_mmfuser_llava.deformable_attention import (
     DeformableSampling,
     MMFuserDeformableAttention,
+    WeightedGather,
     deformable_sampling,
 )
 
@@ -141,3 +143,20 @@ def test_cuda_hub_kernel_equals_reference(tiny):
     reference = outputs_and_gradients(per_level_deformable_sampling, inputs, 8, upstream)
     for ours, theirs in zip(kernel, reference):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4 * theirs.abs().max().item())
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_weighted_gather_has_embedding_bags_gradients(index_dtype):
+    """The gather's own backward gives torch's `embedding_bag` gradients, rows hit many times or never included."""
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    rows = torch.randint(0, 40, (30, 12), generator=generator).to(index_dtype)  # rows 40-49 are never read
+    weights = torch.rand(30, 12, generator=generator, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(30, 8, generator=generator, dtype=torch.float64)
+    ours = WeightedGather.apply(table, rows, weights)
+    theirs = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    our_gradients = torch.autograd.grad(ours, [table, weights], upstream)
+    for mine, torchs in zip(our_gradients, torch.autograd.grad(theirs, [table, weights], upstream)):
+        torch.testing.assert_close(mine, torchs, rtol=1e-12, atol=1e-12)
+    assert our_gradients[0][40:].abs().max() == 0 < our_gradients[0][:40].abs().min()
