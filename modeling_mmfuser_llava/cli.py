@@ -1,12 +1,19 @@
-"""`mmfuser-llava`: one subcommand per module of `modeling_mmfuser_llava.commands`.
+"""The `mmfuser-llava` command line: one subcommand per module of `modeling_mmfuser_llava.commands`.
 
-Each command module defines `register(subparsers)`, which adds its parser and sets `run(args) -> int`. Commands import
-their heavy dependencies inside `run`, so `mmfuser-llava --help` stays fast.
+Each command module defines `EXAMPLE` (a command line shown under its help) and `register(subparsers)`, which adds its
+parser and sets `run(args) -> int`. Commands import their heavy dependencies inside `run`, so `--help` stays fast.
 """
 
 import argparse
 import importlib
 
+from .commands import example_epilog
+
+DESCRIPTION = (
+    "Chat with, convert, fine-tune and inspect MMFuser-LLaVA models: LLaVA-1.5 that sees a fusion of several CLIP "
+    "layers (arXiv:2410.11829). Every folder these commands write loads in Transformers with trust_remote_code=True."
+)
+COMMAND_HELP = "`mmfuser-llava COMMAND --help`: a command's options and an example."
 COMMANDS = (
     "demo",
     "visualize",
@@ -20,10 +27,17 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmfuser-llava", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mmfuser-llava", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{example_epilog('mmfuser-llava demo')}\n\n{COMMAND_HELP}",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"{__package__}.commands.{name}").register(subparsers)
+        command = importlib.import_module(f"{__package__}.commands.{name}")
+        command.register(subparsers)
+        command_parser = subparsers.choices[name.replace("_", "-")]
+        command_parser.epilog = example_epilog(command.EXAMPLE)
+        command_parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 

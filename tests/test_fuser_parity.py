@@ -57,11 +57,11 @@ def test_clip_l336_fixture_parity(shared_fixtures):
     assert max_abs_diff_to_fixture(shared_fixtures / "mmfuser_block_clip_l336.safetensors") <= 1e-4
 
 
-def test_readme_quotes_the_measured_differences(shared_fixtures):
-    """The README's parity figures must be what the fuser gives (within a factor of 2, for other CPUs' float32)."""
-    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
-    quoted = re.search(r"max abs difference of (\S+) \(small fixture\) and (\S+) \(CLIP-L/336 size\)", readme)
-    assert quoted, "the README no longer quotes the parity figures in the expected words"
+def test_docs_quote_the_measured_differences(shared_fixtures):
+    """The model page's parity figures must be what the fuser gives (within a factor of 2, for other CPUs' float32)."""
+    page = " ".join((REPO_ROOT / "docs" / "model.md").read_text().split())
+    quoted = re.search(r"max abs difference of (\S+) \(small fixture\) and (\S+) \(CLIP-L/336 size\)", page)
+    assert quoted, "docs/model.md no longer quotes the parity figures in the expected words"
     for figure, fixture in zip(quoted.groups(), ("mmfuser_block_small", "mmfuser_block_clip_l336")):
         measured = max_abs_diff_to_fixture(shared_fixtures / f"{fixture}.safetensors")
         assert float(figure) / 2 <= measured <= 2 * float(figure), (fixture, figure, measured)
@@ -98,7 +98,7 @@ def test_initialisation_matches_original(tiny_pristine):
     assert_original_initialisation(tiny_pristine[0].model.fuser)
 
 
-if __name__ == "__main__":  # the README's parity figures: PYTHONPATH=. python tests/test_fuser_parity.py
+if __name__ == "__main__":  # the parity figures of docs/model.md: PYTHONPATH=. python tests/test_fuser_parity.py
     for fixture in ("mmfuser_block_small", "mmfuser_block_clip_l336"):
         difference = max_abs_diff_to_fixture(SHARED_FIXTURES / f"{fixture}.safetensors")
         print(f"{fixture}: max abs difference {difference:.2e} (float32)")

@@ -4,6 +4,8 @@ import argparse
 
 from .output_options import add_output_arguments, card_info, check_output_arguments, write_then_push
 
+EXAMPLE = "mmfuser-llava convert --checkpoint path/to/original-checkpoint --output mmfuser-llava-7b"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("convert", help=__doc__.split(": ", 1)[1], description=__doc__)

@@ -2,6 +2,8 @@
 
 import argparse
 
+EXAMPLE = "mmfuser-llava demo --prompt 'what colour are the small marks'"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help=__doc__.split(": ", 1)[1], description=__doc__)

@@ -6,6 +6,8 @@ two-stage budget and seeds, and prints test accuracy (mean ± std over seeds) as
 
 import argparse
 
+EXAMPLE = "mmfuser-llava experiment results --workers 2"
+
 
 def register(subparsers) -> None:
     from ..experiment.recipe import FUSIONS  # light: no torch import

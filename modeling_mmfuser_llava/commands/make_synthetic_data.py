@@ -6,6 +6,8 @@ of questions about tiny marks beside a large shape, with the captions for both p
 
 import argparse
 
+EXAMPLE = "mmfuser-llava make-synthetic-data synthetic --kind instructions"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(

@@ -2,6 +2,8 @@
 
 import argparse
 
+EXAMPLE = "mmfuser-llava merge-lora lora-run merged-model"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("merge-lora", help=__doc__.split(": ", 1)[1], description=__doc__)

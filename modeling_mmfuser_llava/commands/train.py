@@ -8,6 +8,10 @@ config file override its values. `mmfuser-llava train --help` lists them all. Se
 
 import argparse
 
+from . import example_epilog
+
+EXAMPLE = "mmfuser-llava train configs/stage1_7b.yaml --output_dir checkpoints/stage1"
+
 
 def register(subparsers) -> None:
     # prefix_chars="\0": every argument after `train` is handed, untouched, to HfArgumentParser.
@@ -22,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     from ..training.arguments import parse_arguments
     from ..training.run import run_training
 
-    run_training(*parse_arguments(args.arguments or ["--help"]))
+    run_training(*parse_arguments(args.arguments or ["--help"], epilog=example_epilog(EXAMPLE)))
     return 0

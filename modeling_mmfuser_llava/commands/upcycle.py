@@ -4,6 +4,8 @@ import argparse
 
 from .output_options import add_output_arguments, card_info, check_output_arguments, write_then_push
 
+EXAMPLE = "mmfuser-llava upcycle --base llava-hf/llava-1.5-7b-hf --output llava-1.5-7b-mmfuser-init"
+
 
 def parse_layers(text: str) -> tuple[int, ...]:
     try:

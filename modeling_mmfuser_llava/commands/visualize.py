@@ -2,6 +2,8 @@
 
 import argparse
 
+EXAMPLE = "mmfuser-llava visualize --model your-org/mmfuser-llava-1.5-7b --image photo.jpg --output maps.png"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("visualize", help=__doc__.split(": ", 1)[1], description=__doc__)

@@ -2,7 +2,7 @@
 
 Each 32x32 picture holds one large shape (its shape and colour are the *coarse* facts) and twelve to sixteen marks of
 3x3 pixels, all of one colour and one pattern (block, cross or ring): the *fine-grained* facts. The pattern is detail
-inside an 8x8 patch of the vision tower, a few pixels, which the tower's deep layers lose (see the README). The texts mirror where the paper's models get theirs from:
+inside an 8x8 patch of the vision tower, a few pixels, which the tower's deep layers lose (see docs/research-toolkit.md). The texts mirror where the paper's models get theirs from:
 - `clip_captions.json`: what the vision tower is pretrained on, like web alt-text it names only the large shape
   ("a red circle"), so a contrastive encoder has no reason to keep the marks in its deep layers;
 - `stage1.json`: LLaVA-Pretrain-style captions naming everything (`--version plain`);

@@ -4,6 +4,7 @@
 the command line overrides it): see `parse_arguments`.
 """
 
+import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,9 +192,17 @@ def check_argument_combinations(model_args: ModelArguments, training_args: Train
         raise ValueError("--tune_mm_mlp_adapter trains the fuser and projector: it contradicts --freeze_mm_mlp_adapter")
 
 
-def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def build_argument_parser(epilog: str | None = None) -> HfArgumentParser:
+    return HfArgumentParser(
+        ARGUMENT_CLASSES, prog="mmfuser-llava train", epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def parse_arguments(
+    argv: list[str], epilog: str | None = None
+) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse `[CONFIG.yaml|CONFIG.json] [--name value ...]`: the file's values, overridden by the flags that follow."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES, prog="mmfuser-llava train")
+    parser = build_argument_parser(epilog)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         config = load_config_file(argv[0])
         known = {action.dest for action in parser._actions}
