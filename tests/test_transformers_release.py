@@ -8,6 +8,8 @@ entries None) is reproduced on the vision tower, and the fuser's inputs are comp
 """
 
 import copy
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +107,9 @@ def test_a_list_vision_feature_layer_assigned_after_the_config_is_refused_when_t
 
 def test_generation_mixin_is_a_direct_base_of_the_generation_class():
     assert GenerationMixin in MMFuserLlavaForConditionalGeneration.__bases__
+
+
+def test_the_package_requires_the_range_the_model_files_accept():
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    requirement = f"transformers{configuration_mmfuser_llava.SUPPORTED_TRANSFORMERS_RANGE}"
+    assert requirement in pyproject["project"]["dependencies"]
