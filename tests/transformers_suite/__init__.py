@@ -11,5 +11,6 @@ copyright The HuggingFace Team / HuggingFace Inc.:
 
 The files they import from transformers' repository but that are not in the source distribution are stand-ins
 written here (generation/test_utils.py, exporters/test_export.py, utils/test_configuration_utils.py), each saying
-what it replaces and which tests therefore do not run. test_modeling_mmfuser_llava.py is this project's.
+what it replaces and which tests therefore do not run. test_modeling_mmfuser_llava.py and conftest.py (registers
+transformers' pytest marks) are this project's.
 """
