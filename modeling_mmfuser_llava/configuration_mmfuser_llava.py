@@ -54,7 +54,7 @@ DEFAULT_AUTO_MAP = {
 
 
 def _field_errors_as_value_errors(cls: type) -> type:
-    """Make `@strict`'s per-field checks (type, Literal choices) raise a ValueError, as `_check_fuser_settings` does.
+    """Make `@strict`'s per-field checks (type, Literal choices) raise a ValueError, as `check_fuser_settings` does.
 
     `@strict` raises huggingface_hub's StrictDataclassFieldValidationError, which is no ValueError, so callers that
     catch ValueError for a bad setting (the converter, users) would miss a wrong type. The message names the field and
@@ -124,7 +124,7 @@ class MMFuserLlavaConfig(LlavaConfig):
     fuser_num_heads: int = 16
     fuser_num_points: int = 4
     fuser_layer_norm_eps: float = 1e-6
-    # Plain `str` (not Literal), so that a wrong value raises the ValueError of `_check_fuser_settings`.
+    # Plain `str` (not Literal), so that a wrong value raises the ValueError of `check_fuser_settings`.
     fuser_attention_type: str = "deformable"
     fuser_sra_pool_size: int = 7
     fuser_fusion: str = "mmfuser"
@@ -135,7 +135,7 @@ class MMFuserLlavaConfig(LlavaConfig):
         self.fuser_key_value_layers = tuple(self.fuser_key_value_layers)
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(DEFAULT_AUTO_MAP)
-        self._check_fuser_settings()
+        self.check_fuser_settings()
 
     @property
     def fuser_hidden_state_indices(self) -> list[int]:
@@ -153,8 +153,11 @@ class MMFuserLlavaConfig(LlavaConfig):
         """Side of the square patch grid the vision tower produces (24 for CLIP ViT-L/14 at 336 px)."""
         return self.vision_config.image_size // self.vision_config.patch_size
 
-    def _check_fuser_settings(self) -> None:
-        """Raise a ValueError naming the field for any setting the fuser or the vision tower cannot honour."""
+    def check_fuser_settings(self) -> None:
+        """Raise a ValueError naming the field for any setting the fuser or the vision tower cannot honour.
+
+        Run when the config is made and again when a model is built from it, since fields may be assigned in between.
+        """
         vision = self.vision_config
         num_hidden_states = vision.num_hidden_layers + 1
         if isinstance(self.vision_feature_layer, bool) or not isinstance(self.vision_feature_layer, int):

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import (
     AutoModel,
     BitsAndBytesConfig,
+    GenerationMixin,
     LlavaForConditionalGeneration,
     LlavaModel,
     LlavaPreTrainedModel,
@@ -94,6 +95,7 @@ class MMFuserLlavaModel(MMFuserLlavaPreTrainedModel, LlavaModel):
     _modules_kept_unquantized = ("vision_tower", "fuser", "multi_modal_projector")
 
     def __init__(self, config: MMFuserLlavaConfig):
+        config.check_fuser_settings()  # e.g. a list assigned to vision_feature_layer after the config was made
         # LlavaModel.__init__ would run post_init before the fuser exists: build the same parts plus the fuser here.
         LlavaPreTrainedModel.__init__(self, config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
@@ -150,7 +152,8 @@ class MMFuserLlavaModel(MMFuserLlavaPreTrainedModel, LlavaModel):
         return [hidden_states[index] for index in layers]
 
 
-class MMFuserLlavaForConditionalGeneration(MMFuserLlavaPreTrainedModel, LlavaForConditionalGeneration):
+# GenerationMixin a direct base, as transformers requires of every generation class (it is Llava's too).
+class MMFuserLlavaForConditionalGeneration(MMFuserLlavaPreTrainedModel, LlavaForConditionalGeneration, GenerationMixin):
     config: MMFuserLlavaConfig
     _modules_kept_unquantized = (*(f"model.{name}" for name in MMFuserLlavaModel._modules_kept_unquantized), "lm_head")
 

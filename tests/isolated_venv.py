@@ -41,10 +41,13 @@ def cached_venv(
     *,
     constraints: Sequence[str] = (),
     uninstall: Sequence[str] = CUDA_LINKED_COMPANIONS,
+    share_torch: bool = False,
 ) -> Path:
     """The python of a venv holding torch and ``requirements`` (pip's syntax), built on first use and cached.
 
     ``constraints`` pin versions without requesting packages (pip's ``-c``); ``uninstall`` is removed afterwards.
+    ``share_torch`` puts the torch of one cached venv on the path (a ``.pth`` file) instead of installing it again,
+    which saves most of a build: for tools that run on the torch they find (not those that pin their own).
     Concurrent callers (pytest-xdist workers) wait for one build instead of racing it.
     """
     torch_spec = None if has_gpu() else TORCH
@@ -55,6 +58,8 @@ def cached_venv(
         "constraints": list(constraints),
         "uninstall": list(uninstall),
     }
+    if share_torch:
+        recipe["shared_torch"] = str(_site_packages(cached_venv("torch", [torch_spec or "torch"], uninstall=())))
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     root = cache_root() / "venvs"
     root.mkdir(parents=True, exist_ok=True)
@@ -65,16 +70,24 @@ def cached_venv(
         if (venv / STAMP).exists():
             return python
         shutil.rmtree(venv, ignore_errors=True)  # an interrupted build
-        _build(venv, python, torch_spec, requirements, constraints, uninstall)
+        _build(venv, python, torch_spec, requirements, constraints, uninstall, recipe.get("shared_torch"))
         frozen = _run([python, "-m", "pip", "freeze"]).stdout.split()
         (venv / STAMP).write_text(json.dumps({**recipe, "installed": frozen}, indent=1))
     return python
 
 
-def _build(venv: Path, python: Path, torch_spec: str | None, requirements, constraints, uninstall) -> None:
+def _site_packages(python: Path) -> Path:
+    return Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+
+
+def _build(
+    venv: Path, python: Path, torch_spec: str | None, requirements, constraints, uninstall, shared_torch: str | None
+) -> None:
     _run([sys.executable, "-m", "venv", venv])
     pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    if torch_spec:
+    if shared_torch:
+        (_site_packages(python) / "shared-torch.pth").write_text(shared_torch + "\n")
+    elif torch_spec:
         _run([*pip, torch_spec])
     constraint_file = venv / "constraints.txt"
     constraint_file.write_text("\n".join([*constraints, torch_spec or ""]) + "\n")
@@ -142,8 +155,8 @@ def _check_package_installed(python: Path, cwd: Path, environment: dict[str, str
 def run_as_user(
     python: Path, arguments: Sequence, cwd: Path, timeout: float, installed: bool = False, **extra_env: str
 ):
-    """Run ``python arguments`` where a Hub user would: from ``cwd`` (outside the clone), with ``user_environment``.
-    ``python`` may be this venv's own (``sys.executable``): the package is then blocked, not merely left off the path.
+    """Run ``python arguments`` where a Hub user would: from ``cwd`` (outside the clone), with ``user_environment``
+    and standard input closed (a prompt for input fails instead of waiting). ``python`` may be this venv's own (``sys.executable``): the package is then blocked, not merely left off the path.
 
     Fails, with the child's output, if the process fails or if this package is importable there; with ``installed``
     (a user who `pip install`ed the package, e.g. for a tool's plugin), if it is not imported from the venv itself.

@@ -1,4 +1,5 @@
-"""The fuser reads the layers its config names under every transformers release's hidden-state semantics.
+"""The fuser reads the layers its config names under every transformers release's hidden-state semantics; what
+transformers requires of a model class (GenerationMixin a direct base, one query layer checked when built).
 
 The dev venv has one release; the others are run for real by tests/test_integration_transformers_versions.py. Here the
 5.17-5.22 meaning of `output_hidden_states=[indices]` (no embeddings entry: index i holds hidden state i + 1, the other
@@ -6,10 +7,16 @@ entries None) is reproduced on the vision tower, and the fuser's inputs are comp
 `output_hidden_states=True` tuple of the same tower, whose meaning is the same on every release.
 """
 
+import copy
+import tomllib
+from pathlib import Path
+
 import pytest
 import torch
+from transformers import GenerationMixin
 
 from modeling_mmfuser_llava import configuration_mmfuser_llava, modeling_mmfuser_llava
+from modeling_mmfuser_llava.modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
 
 from conftest import chat
 
@@ -66,7 +73,7 @@ def test_the_fuser_reads_the_configured_layers_under_the_5_17_to_5_22_list_meani
 
 
 def test_a_shorter_hidden_states_tuple_is_refused_not_misread(tiny, images, monkeypatch):
-    """Should a release change the list's meaning again, the fuser stops with an error instead of reading other layers."""
+    """Should a release change the list's meaning again, the fuser stops with an error, never reads other layers."""
     model, processor = tiny
     model.config.fuser_key_value_layers = (3, 8, 13, 18)
     model.config.vision_feature_layer = 23
@@ -87,3 +94,22 @@ def test_releases_in_the_proven_range_are_accepted(version):
 def test_releases_outside_the_proven_range_are_refused_naming_it(version):
     with pytest.raises(ImportError, match=rf"support transformers>=5\.16\.1,<5\.25, but transformers {version}"):
         configuration_mmfuser_llava.check_transformers_release(version)
+
+
+def test_a_list_vision_feature_layer_assigned_after_the_config_is_refused_when_the_model_is_built(tiny):
+    """MMFuser's query is one layer: a list slipping in by assignment stops the build, naming the field."""
+    config = copy.deepcopy(tiny[0].config)
+    config.vision_feature_layer = [-1, -2]
+    for model_class in (modeling_mmfuser_llava.MMFuserLlavaModel, MMFuserLlavaForConditionalGeneration):
+        with pytest.raises(ValueError, match="vision_feature_layer must be a single int"):
+            model_class(config)
+
+
+def test_generation_mixin_is_a_direct_base_of_the_generation_class():
+    assert GenerationMixin in MMFuserLlavaForConditionalGeneration.__bases__
+
+
+def test_the_package_requires_the_range_the_model_files_accept():
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    requirement = f"transformers{configuration_mmfuser_llava.SUPPORTED_TRANSFORMERS_RANGE}"
+    assert requirement in pyproject["project"]["dependencies"]
