@@ -4,6 +4,7 @@ Hub-facing: imports only transformers, so a Hub repo can carry this file alone.
 """
 
 import re
+import warnings
 from typing import Any
 
 import transformers
@@ -11,7 +12,8 @@ from transformers import LlavaConfig
 from transformers.configuration_utils import strict  # huggingface_hub's, re-exported: Hub files import transformers only
 
 # The transformers releases these files are proven on (tests/test_integration_transformers_versions.py): the lowest
-# supported release and the first unsupported one. A Hub user's transformers outside it is refused when loading.
+# supported release and the first one not yet proven. Older releases are refused when loading; newer ones get a
+# warning, since the fuser checks at run time that it reads the layers the config names (an error, never a misread).
 LOWEST_SUPPORTED_TRANSFORMERS = (5, 16, 1)
 FIRST_UNSUPPORTED_TRANSFORMERS = (5, 25, 0)
 SUPPORTED_TRANSFORMERS_RANGE = (
@@ -29,12 +31,21 @@ def transformers_release(version: str = transformers.__version__) -> tuple[int, 
 
 
 def check_transformers_release(version: str = transformers.__version__) -> None:
-    """Refuse a transformers release outside the proven range: hidden-state capture and config loading change between
-    minors, and a difference there changes the model's outputs without an error."""
-    if not LOWEST_SUPPORTED_TRANSFORMERS <= transformers_release(version) < FIRST_UNSUPPORTED_TRANSFORMERS:
+    """Refuse a transformers release older than the proven range (hidden-state capture and config loading differ
+    there, and change the model's outputs without an error); warn about a newer, not yet proven one, so that a Hub
+    repo keeps loading when transformers moves on."""
+    release = transformers_release(version)
+    if release < LOWEST_SUPPORTED_TRANSFORMERS:
         raise ImportError(
             f"MMFuser-LLaVA's model files support transformers{SUPPORTED_TRANSFORMERS_RANGE}, but transformers "
             f"{version} is installed: pip install 'transformers{SUPPORTED_TRANSFORMERS_RANGE}'"
+        )
+    if release >= FIRST_UNSUPPORTED_TRANSFORMERS:
+        warnings.warn(
+            f"MMFuser-LLaVA's model files are proven on transformers{SUPPORTED_TRANSFORMERS_RANGE}; transformers "
+            f"{version} is newer and not yet proven (pip install 'transformers{SUPPORTED_TRANSFORMERS_RANGE}' for a "
+            "proven release)",
+            stacklevel=2,
         )
 
 
