@@ -162,12 +162,19 @@ def test_offline_llm_answers_as_transformers_generate(name, references, vllm_ans
     assert "error" not in vllm_answers[name], vllm_answers[name].get("error")
     expected, served = references[name], vllm_answers[name]["answers"]
     assert len(served) == len(expected) == 16
+    differences = [
+        abs(logprob - reference["first_logprobs"][int(token)].item())
+        for reference, answer in zip(expected, served)
+        for token, logprob in answer["first_logprobs"].items()
+    ]
+    equal = sum(answer["token_ids"] == reference["token_ids"] for reference, answer in zip(expected, served))
+    print(f"{name}: {equal}/{len(expected)} answers equal, max first-token logprob difference {max(differences):.1e}")
     for reference, answer in zip(expected, served):
         assert answer["token_ids"] == reference["token_ids"], (reference["prompt"], answer["text"], reference["text"])
-        assert answer["text"].strip() == reference["text"]
+        if name == "trained-tiny":  # the random tiny models emit partial UTF-8 bytes, which detokenizers hold back
+            assert answer["text"].strip() == reference["text"]
         assert len(answer["first_logprobs"]) >= TOP_LOGPROBS
-        for token, logprob in answer["first_logprobs"].items():
-            assert abs(logprob - reference["first_logprobs"][int(token)].item()) <= LOGPROB_TOLERANCE, (token, name)
+    assert max(differences) <= LOGPROB_TOLERANCE
     if name == "trained-tiny":  # the bundled model answers its questions: a wrong fuser would show here too
         right = sum(a["text"].strip() == q["answer"] for a, q in zip(served, bundled_questions()))
         assert right == 16
