@@ -56,7 +56,8 @@ def write_prompts(root: Path) -> tuple[list[str], list[str]]:
                 path = root / f"view{view_index}-{example['image'].name}"
                 view(opened.convert("RGB")).save(path)
             for question in example["questions"]:
-                messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question["question"]}]}]
+                content = [{"type": "image"}, {"type": "text", "text": question["question"]}]
+                messages = [{"role": "user", "content": content}]
                 texts.append(processor.apply_chat_template(messages, add_generation_prompt=True))
                 images.append(str(path))
     return texts, images

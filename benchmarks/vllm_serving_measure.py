@@ -8,6 +8,7 @@ interleaved rounds in this one process.
 import gc
 import json
 import sys
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -15,19 +16,11 @@ from timing import interleaved_times
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from vllm import LLM, SamplingParams
 
-ENGINE_SETTINGS = dict(
-    trust_remote_code=True,
-    model_impl="transformers",
-    dtype="float32",
-    max_model_len=256,
-    limit_mm_per_prompt={"image": 1},
-    # On CPU vLLM otherwise reserves 92% of the machine's memory (`gpu_memory_utilization`) for its KV cache.
-    kv_cache_memory_bytes=2**28,
-    # Every round sends the same prompts: caches would time lookups instead of work.
-    enable_prefix_caching=False,
-    mm_processor_cache_gb=0,
-    seed=0,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from vllm_worker import USER_SETTINGS  # noqa: E402
+
+# The integration test's user settings; every round sends the same prompts, so caches would time lookups, not work.
+ENGINE_SETTINGS = dict(USER_SETTINGS, enable_prefix_caching=False, mm_processor_cache_gb=0)
 
 
 def vllm_generate(llm: LLM, prompts: list[dict], new_tokens: int):

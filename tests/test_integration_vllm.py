@@ -236,7 +236,8 @@ def test_openai_server_answers_a_base64_image_chat_as_transformers(vllm_python, 
     command = [
         vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", folders["trained-tiny"],
         "--served-model-name", "mmfuser-llava-tiny", "--trust-remote-code", "--model-impl", "transformers",
-        "--dtype", "float32", "--max-model-len", "256", "--kv-cache-memory-bytes", str(2**28), "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--max-model-len", "256", "--kv-cache-memory-bytes", str(2**28),
+        "--host", "127.0.0.1", "--port", str(port),
     ]
     with open(log, "w") as output:
         server = subprocess.Popen(

@@ -19,7 +19,7 @@ from PIL import Image
 from vllm import LLM, SamplingParams
 
 # What a user of the project passes: the Transformers backend runs the folder's own model code.
-ENGINE_SETTINGS = dict(
+USER_SETTINGS = dict(
     trust_remote_code=True,
     model_impl="transformers",
     dtype="float32",
@@ -28,12 +28,10 @@ ENGINE_SETTINGS = dict(
     # On CPU vLLM otherwise reserves 92% of the machine's memory (`gpu_memory_utilization`) for its KV cache.
     kv_cache_memory_bytes=2**28,
     seed=0,
-    # Test speed, not what is tested: the engine in this process (no worker process to spawn and import per model;
-    # with VLLM_ENABLE_V1_MULTIPROCESSING=0 the engine core too), no torch.compile, no profiling run of the encoder.
-    distributed_executor_backend="uni",
-    enforce_eager=True,
-    skip_mm_profiling=True,
 )
+# Test speed, not what is tested: the engine in this process (no worker process to spawn and import per model; with
+# VLLM_ENABLE_V1_MULTIPROCESSING=0 the engine core too), no torch.compile, no profiling run of the encoder.
+ENGINE_SETTINGS = dict(USER_SETTINGS, distributed_executor_backend="uni", enforce_eager=True, skip_mm_profiling=True)
 
 
 def answer_all(folder: str, requests: list[dict], max_tokens: int, logprobs: int) -> dict:
