@@ -143,10 +143,15 @@ def test_loading_the_processor_without_trust_remote_code_gives_llava_processor(r
 
 @pytest.mark.xfail(
     strict=True,
-    reason="transformers' AutoTokenizer always loads the folder's config.json, whose class is remote code: without "
-    "trust_remote_code it asks 'Do you wish to run the custom code?' and, refused, warns 'You are using a model of "
-    "type `mmfuser_llava` to instantiate a model of type ``'; nothing in the folder avoids that and still lets "
-    "AutoModelForImageTextToText load the model",
+    raises=AssertionError,
+    reason="LlavaProcessor loads its tokenizer with AutoTokenizer (transformers 5.23.0 processing_utils.py:1916), "
+    "which loads the folder's config.json with AutoConfig whenever no `config`/`tokenizer_type`/`gguf_file` argument "
+    "is passed, before it reads tokenizer_config.json (models/auto/tokenization_auto.py:801-810; 5.16.1: 771-777, "
+    "5.24.0: 803-812). config.json's class is remote code, so without trust_remote_code AutoConfig asks 'Do you wish "
+    "to run the custom code?' (dynamic_module_utils.py:766) and, refused, the fallback PreTrainedConfig warns 'You "
+    "are using a model of type `mmfuser_llava` to instantiate a model of type ``' (configuration_utils.py:898-900). "
+    "Only a built-in model_type in config.json avoids that, and then AutoModelForImageTextToText without "
+    "trust_remote_code would silently build a plain Llava model",
 )
 @pytest.mark.parametrize("release", [PINNED_TRANSFORMERS])
 def test_loading_the_processor_without_trust_remote_code_is_silent(release, processor_loading_report):
