@@ -1,8 +1,12 @@
-"""Stand-in for transformers' tests/generation/test_utils.py, which its source distribution does not include.
+"""Stand-in for transformers' tests/generation/test_utils.py, which is in transformers' git repository only, not in the
+PyPI source distribution the rest of this suite is vendored from.
 
-`test_modeling_common.py` imports `GenerationTesterMixin` only to check that a generating model's tester inherits it.
-The generation tests themselves (transformers' GenerationTesterMixin) are therefore not run by this suite; generation
-is tested by tests/test_model.py (greedy, sampling, cache, batched left padding against one by one).
+`test_modeling_common.py` imports `GenerationTesterMixin` only to check that a generating model's tester inherits it,
+so the mixin here is empty and transformers' own generation tests do not run in this suite. MMFuser's generation is
+tested instead by tests/test_generation_against_llava.py, written by this project: its `generate` against transformers'
+`LlavaForConditionalGeneration` holding the same weights (greedy, seeded sampling, beam search and beam sampling,
+prompt-lookup decoding, static and no cache, scores/logits/hidden states/attentions, batched left padding,
+continuing from the returned cache, eos and `min_new_tokens`).
 """
 
 
