@@ -140,17 +140,19 @@ def assert_same_outputs(ours, theirs, where: str = "output") -> None:
         assert ours == theirs, f"{where}: differs"
 
 
-def generate_both(pair: ModelPair, inputs: dict, **settings):
+def generate_both(pair: ModelPair, inputs: dict, self_assisted: bool = False, **settings):
     """`generate` of MMFuser and of Llava with the same settings and seed 0; or skip, if both refuse the settings.
 
-    With the KV cache unless `use_cache=False` is given: the bundled trained model's generation config turns it off."""
+    With the KV cache unless `use_cache=False` is given: the bundled trained model's generation config turns it off.
+    `self_assisted`: each model is its own assistant model (assisted decoding)."""
     settings.setdefault("use_cache", True)
     results, errors = [], []
     for model in (pair.mmfuser, pair.llava):
         torch.manual_seed(0)
+        assistant = {"assistant_model": model} if self_assisted else {}
         try:
             with torch.no_grad():
-                results.append(model.generate(**inputs, **settings))
+                results.append(model.generate(**inputs, **assistant, **settings))
         except (ValueError, NotImplementedError, TypeError) as error:
             errors.append(error)
     if len(errors) == 2 and (type(errors[0]), str(errors[0])) == (type(errors[1]), str(errors[1])):
@@ -170,6 +172,7 @@ class Mode:
     # Prompt lookup copies candidates from the prompt, image placeholders included, which both models then refuse
     # (more placeholders than features); suppressing the image token is what keeps them out of the candidates.
     suppress_image_token: bool = False
+    self_assisted: bool = False  # the model drafts for itself as `assistant_model` (given the features computed once)
 
 
 RETURN_ALL = dict(return_dict_in_generate=True, output_scores=True, output_logits=True)
@@ -180,6 +183,7 @@ MODES = [
     Mode("beam_sampling", dict(do_sample=True, num_beams=3, num_return_sequences=2, temperature=0.7)),
     Mode("prompt_lookup", dict(do_sample=False, prompt_lookup_num_tokens=3), suppress_image_token=True),
     Mode("prompt_lookup_with_image_token_candidates", dict(do_sample=False, prompt_lookup_num_tokens=3)),
+    Mode("assistant_model", dict(do_sample=False), suppress_image_token=True, self_assisted=True),
     Mode("no_cache", dict(do_sample=False, use_cache=False)),
     Mode("static_cache", dict(do_sample=False, cache_implementation="static")),
     Mode("hidden_states", dict(do_sample=False, output_hidden_states=True)),
@@ -197,7 +201,9 @@ def test_generate_equals_llava(pair: ModelPair, mode: Mode):
     if mode.suppress_image_token:
         settings["suppress_tokens"] = [pair.mmfuser.config.image_token_id]
     pair.vision_batches.clear()
-    ours, theirs = generate_both(pair, inputs, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MAX_NEW_TOKENS, **settings)
+    ours, theirs = generate_both(
+        pair, inputs, mode.self_assisted, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MAX_NEW_TOKENS, **settings
+    )
     assert ours.sequences.shape[1] == inputs["input_ids"].shape[1] + MAX_NEW_TOKENS
     if settings.get("cache_implementation") == "static":
         assert isinstance(ours.past_key_values, StaticCache) and isinstance(theirs.past_key_values, StaticCache)

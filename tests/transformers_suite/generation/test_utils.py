@@ -5,8 +5,8 @@ PyPI source distribution the rest of this suite is vendored from.
 so the mixin here is empty and transformers' own generation tests do not run in this suite. MMFuser's generation is
 tested instead by tests/test_generation_against_llava.py, written by this project: its `generate` against transformers'
 `LlavaForConditionalGeneration` holding the same weights (greedy, seeded sampling, beam search and beam sampling,
-prompt-lookup decoding, static and no cache, scores/logits/hidden states/attentions, batched left padding,
-continuing from the returned cache, eos and `min_new_tokens`).
+prompt-lookup and assistant-model decoding, static and no cache, scores/logits/hidden states/attentions, batched left
+padding, continuing from the returned cache, eos and `min_new_tokens`).
 """
 
 
