@@ -33,6 +33,9 @@ def test_demo_writes_reloads_and_answers_right(tmp_path, capsys):
     config = json.loads((tmp_path / "tiny" / "config.json").read_text())
     assert config["model_type"] == "mmfuser_llava" and "AutoModelForImageTextToText" in config["auto_map"]
     assert (tmp_path / "tiny" / "modeling_mmfuser_llava.py").is_file()  # the code travels with the weights
+    # It generates with a KV cache (a training run saves the Trainer's use_cache=False unless undone).
+    generation_config = json.loads((tmp_path / "tiny" / "generation_config.json").read_text())
+    assert generation_config.get("use_cache", True) is True and config["text_config"].get("use_cache", True) is True
     example = bundled_examples()[0]
     # The output reads on its own: which picture, what was asked, the answer and the right one.
     assert printed["picture"] == str(example["image"]) and printed["question"] == example["questions"][0]["question"]
