@@ -23,7 +23,15 @@ from safetensors.torch import load_file
 
 from isolated_venv import cache_root, user_environment
 from modeling_mmfuser_llava.training.data import ModalityLengthGroupedSampler
-from training_support import base_parts, captions, instructions, tiny_checkpoint, training_argv, weights  # noqa: F401
+from training_support import (  # noqa: F401  (fixtures)
+    base_parts,
+    captions,
+    instructions,
+    tiny_checkpoint,
+    train,
+    training_argv,
+    weights,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +44,18 @@ ENGINE_FLAGS = {
     "deepspeed-zero3": ["--deepspeed", str(CONFIGS / "deepspeed" / "zero3.json")],
     "fsdp2": ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(CONFIGS / "fsdp" / "fsdp2.json")],
 }
+# ZeRO-3 with parameters and optimizer states in CPU memory (DeepSpeed's CPU Adam, a second op built on first use).
+OFFLOAD_FLAGS = ["--deepspeed", str(CONFIGS / "deepspeed" / "zero3_offload.json")]
 WEIGHT_TOLERANCE = 1e-4
 STEPS = 6
 GROUPED = ("--group_by_modality_length", "True", "--activation_checkpointing", "True")
 LORA = ("--lora_enable", "True", "--lora_r", "4")  # with the default dropout (0.05): the engines draw the same masks
 
 
-def launch(engine: str, argv: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node 2 mmfuser-llava train ARGV <engine flags>` on CPU processes (gloo)."""
+def launch(engine: str, argv: list[str], timeout: float = 600, check: bool = True,
+           engine_flags: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 mmfuser-llava train ARGV <engine flags>` on CPU processes (gloo); `engine_flags`
+    replace the engine's usual ones."""
     environment = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -51,7 +63,7 @@ def launch(engine: str, argv: list[str], timeout: float = 600, check: bool = Tru
     }
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(CLI), "train",
-         *argv, "--ddp_backend", "gloo", *ENGINE_FLAGS[engine]],
+         *argv, "--ddp_backend", "gloo", *(ENGINE_FLAGS[engine] if engine_flags is None else engine_flags)],
         env=environment, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
     if check:
@@ -170,6 +182,34 @@ def test_lora_from_a_checkpoint(engine, lora_runs):
     output_dir = assert_trained_as_ddp(lora_runs, engine, "LoRA")
     assert (output_dir / "adapter_config.json").is_file()
     assert any(".lora_A." in key for key in weights(output_dir))
+
+
+def test_zero3_offload_config(stage2_runs, tiny_checkpoint, instructions, tmp_path):
+    """configs/deepspeed/zero3_offload.json: the grouped stage-2 run with parameters and optimizer states in CPU
+    memory ends at DDP's weights too."""
+    argv = training_argv(tmp_path / "offload", tiny_checkpoint, instructions, "--model_max_length", "256", *GROUPED,
+                         steps=STEPS)
+    started = time.monotonic()
+    output = joined_output(launch("deepspeed-zero3", argv, engine_flags=OFFLOAD_FLAGS))
+    runs = {"ddp": stage2_runs["ddp"], "deepspeed-zero3": (tmp_path / "offload", output, time.monotonic() - started)}
+    assert_trained_as_ddp(runs, "deepspeed-zero3", "stage 2, grouped, checkpointing, ZeRO-3 offload")
+
+
+def test_qlora_under_ddp_matches_one_process(tiny_checkpoint, instructions, tmp_path):
+    """QLoRA (4-bit language model, bitsandbytes on CPU) under DDP, 2 processes x 2, ends at the adapters of one
+    process with the same global batch (4). Without dropout: one process draws its masks for 4 samples at once."""
+    qlora = (*LORA, "--lora_dropout", "0", "--bits", "4", "--model_max_length", "256")
+    started = time.monotonic()
+    output = joined_output(launch("ddp", training_argv(tmp_path / "ddp", tiny_checkpoint, instructions, *qlora,
+                                                       steps=STEPS)))
+    seconds = time.monotonic() - started
+    train(*training_argv(tmp_path / "one", tiny_checkpoint, instructions, *qlora, "--per_device_train_batch_size", "4",
+                         steps=STEPS))
+    assert_engine(output, "ddp")
+    losses = logged_losses(tmp_path / "ddp")
+    assert len(losses) == STEPS and losses[-1] < losses[0], losses
+    largest = assert_close_to(weights(tmp_path / "one"), weights(tmp_path / "ddp"))
+    print(f"QLoRA, ddp: {seconds:.0f} s, largest weight difference from one process {largest:.2g}")
 
 
 def test_stage1_then_stage2_from_parts_under_zero3(tmp_path_factory, base_parts, captions, instructions, tmp_path):
