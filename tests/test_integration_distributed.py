@@ -3,8 +3,9 @@
 Each engine trains the tiny model with the same seed and global batch as the DDP run (the reference: plain torch, the
 same losses as one process, tests/test_training_distributed.py); the test reads the `engine:` line, checks the loss
 falls, compares every trained weight with DDP's (1e-4), and reloads the saved folder in a clean process through
-trust_remote_code (the folder's code files, normal key names). DeepSpeed JIT-builds one op on first use (~70 s):
-the build is cached under `~/.cache/mmfuser-llava/torch_extensions`.
+trust_remote_code (the folder's code files, normal key names). Full stage-2 runs use modality-grouped batches (a
+text-only batch among them) and activation checkpointing; LoRA runs the default mixed batches. DeepSpeed JIT-builds
+one op on first use (~70 s): the build is cached under `~/.cache/mmfuser-llava/torch_extensions`.
 """
 
 import json
@@ -21,7 +22,16 @@ import torch
 from safetensors.torch import load_file
 
 from isolated_venv import cache_root, user_environment
-from training_support import base_parts, captions, instructions, tiny_checkpoint, training_argv, weights  # noqa: F401
+from modeling_mmfuser_llava.training.data import ModalityLengthGroupedSampler
+from training_support import (  # noqa: F401  (fixtures)
+    base_parts,
+    captions,
+    instructions,
+    tiny_checkpoint,
+    train,
+    training_argv,
+    weights,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,24 +44,28 @@ ENGINE_FLAGS = {
     "deepspeed-zero3": ["--deepspeed", str(CONFIGS / "deepspeed" / "zero3.json")],
     "fsdp2": ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(CONFIGS / "fsdp" / "fsdp2.json")],
 }
+# ZeRO-3 with parameters and optimizer states in CPU memory (DeepSpeed's CPU Adam, a second op built on first use).
+OFFLOAD_FLAGS = ["--deepspeed", str(CONFIGS / "deepspeed" / "zero3_offload.json")]
 WEIGHT_TOLERANCE = 1e-4
-DURATIONS: dict[str, float] = {}
+STEPS = 6
+GROUPED = ("--group_by_modality_length", "True", "--activation_checkpointing", "True")
+LORA = ("--lora_enable", "True", "--lora_r", "4")  # with the default dropout (0.05): the engines draw the same masks
 
 
-def launch(engine: str, argv: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node 2 mmfuser-llava train ARGV <engine flags>` on CPU processes (gloo)."""
+def launch(engine: str, argv: list[str], timeout: float = 600, check: bool = True,
+           engine_flags: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 mmfuser-llava train ARGV <engine flags>` on CPU processes (gloo); `engine_flags`
+    replace the engine's usual ones."""
     environment = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "TORCH_EXTENSIONS_DIR": str(cache_root() / "torch_extensions"),
     }
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(CLI), "train",
-         *argv, "--ddp_backend", "gloo", *ENGINE_FLAGS[engine]],
+         *argv, "--ddp_backend", "gloo", *(ENGINE_FLAGS[engine] if engine_flags is None else engine_flags)],
         env=environment, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
-    DURATIONS[engine] = time.monotonic() - started
     if check:
         assert result.returncode == 0, f"{engine} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
@@ -110,38 +124,97 @@ def assert_reloads(folder: Path, tmp_path: Path) -> None:
     assert result.returncode == 0 and "reloaded" in result.stdout, result.stderr[-4000:]
 
 
-@pytest.fixture(scope="module")
-def stage2_runs(tmp_path_factory, tiny_checkpoint, instructions):
-    """Stage 2 from a full checkpoint, each engine once: {engine: (output folder, rank 0's output)}."""
-    root = tmp_path_factory.mktemp("stage2")
+def runs_per_engine(root: Path, tiny_checkpoint: Path, instructions: Path, *flags: str) -> dict[str, tuple]:
+    """Stage 2 from a full checkpoint with `flags`, each engine once: {engine: (output folder, rank 0's output, s)}."""
     runs = {}
     for engine in ENGINE_FLAGS:
         output_dir = root / engine
-        argv = training_argv(output_dir, tiny_checkpoint, instructions, "--model_max_length", "256", steps=6)
+        argv = training_argv(output_dir, tiny_checkpoint, instructions, "--model_max_length", "256", *flags,
+                             steps=STEPS)
+        started = time.monotonic()
         result = launch(engine, argv)
-        runs[engine] = output_dir, result.stdout + result.stderr
+        runs[engine] = output_dir, joined_output(result), time.monotonic() - started
     return runs
+
+
+@pytest.fixture(scope="module")
+def stage2_runs(tmp_path_factory, tiny_checkpoint, instructions):
+    return runs_per_engine(tmp_path_factory.mktemp("stage2"), tiny_checkpoint, instructions, *GROUPED)
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory, tiny_checkpoint, instructions):
+    return runs_per_engine(tmp_path_factory.mktemp("lora"), tiny_checkpoint, instructions, *LORA)
+
+
+def assert_trained_as_ddp(runs: dict[str, tuple], engine: str, label: str) -> Path:
+    """The run's engine line, a falling loss and every saved weight within WEIGHT_TOLERANCE of the DDP run's."""
+    output_dir, output, seconds = runs[engine]
+    assert_engine(output, engine)
+    losses = logged_losses(output_dir)
+    assert len(losses) == STEPS and losses[-1] < losses[0], losses
+    largest = assert_close_to(weights(runs["ddp"][0]), weights(output_dir))
+    print(f"{label}, {engine}: {seconds:.0f} s, largest weight difference from DDP {largest:.2g}")
+    return output_dir
+
+
+def test_the_grouped_runs_train_on_a_text_only_batch(instructions):
+    """The runs' first steps include a text-only batch (4 of the 32 samples have no image), the case where the vision
+    side's gradient is zero rather than missing: the same order as the Trainer's sampler (2 processes x 2)."""
+    records = json.loads(instructions.read_text())
+    signs = [1 if "image" in record else -1 for record in records]  # the sampler groups by the sign only
+    order = list(ModalityLengthGroupedSampler(signs, batch_size=2, world_size=2, seed=0))
+    steps = [order[start : start + 4] for start in range(0, 4 * STEPS, 4)]
+    assert any(all(signs[index] < 0 for index in step) for step in steps), steps
 
 
 @pytest.mark.parametrize("engine", list(ENGINE_FLAGS))
 def test_stage2_from_a_checkpoint(engine, stage2_runs, tmp_path):
-    output_dir, output = stage2_runs[engine]
-    assert_engine(output, engine)
-    losses = logged_losses(output_dir)
-    assert len(losses) == 6 and losses[-1] < losses[0], losses
-    trained = weights(output_dir)
-    reference_dir, _ = stage2_runs["ddp"]
-    largest = assert_close_to(weights(reference_dir), trained)
-    print(f"{engine}: {DURATIONS[engine]:.0f} s, largest weight difference from DDP {largest:.2g}")
+    """Modality-grouped batches with activation checkpointing: every engine ends at DDP's weights."""
+    output_dir = assert_trained_as_ddp(stage2_runs, engine, "stage 2, grouped, checkpointing")
     assert_reloads(output_dir, tmp_path)
 
 
-def test_stage1_then_stage2_from_parts_under_zero3(tmp_path_factory, base_parts, captions, instructions, tmp_path):
-    """The paper's recipe from a base LLM, a CLIP tower and the stage-1 adapter, with activation checkpointing:
-    ZeRO-3 trains every step (no skipped step) to DDP's weights.
+@pytest.mark.parametrize("engine", list(ENGINE_FLAGS))
+def test_lora_from_a_checkpoint(engine, lora_runs):
+    """LoRA (with dropout): every engine starts from the same adapters and ends at DDP's adapter folder (the adapters,
+    the fuser and the projector)."""
+    output_dir = assert_trained_as_ddp(lora_runs, engine, "LoRA")
+    assert (output_dir / "adapter_config.json").is_file()
+    assert any(".lora_A." in key for key in weights(output_dir))
 
-    Not with `--group_by_modality_length`: after a text-only batch (no gradient for the fuser and projector) the
-    engines part by up to 4e-3 in 6 steps, see docs/distributed-training.md."""
+
+def test_zero3_offload_config(stage2_runs, tiny_checkpoint, instructions, tmp_path):
+    """configs/deepspeed/zero3_offload.json: the grouped stage-2 run with parameters and optimizer states in CPU
+    memory ends at DDP's weights too."""
+    argv = training_argv(tmp_path / "offload", tiny_checkpoint, instructions, "--model_max_length", "256", *GROUPED,
+                         steps=STEPS)
+    started = time.monotonic()
+    output = joined_output(launch("deepspeed-zero3", argv, engine_flags=OFFLOAD_FLAGS))
+    runs = {"ddp": stage2_runs["ddp"], "deepspeed-zero3": (tmp_path / "offload", output, time.monotonic() - started)}
+    assert_trained_as_ddp(runs, "deepspeed-zero3", "stage 2, grouped, checkpointing, ZeRO-3 offload")
+
+
+def test_qlora_under_ddp_matches_one_process(tiny_checkpoint, instructions, tmp_path):
+    """QLoRA (4-bit language model, bitsandbytes on CPU) under DDP, 2 processes x 2, ends at the adapters of one
+    process with the same global batch (4). Without dropout: one process draws its masks for 4 samples at once."""
+    qlora = (*LORA, "--lora_dropout", "0", "--bits", "4", "--model_max_length", "256")
+    started = time.monotonic()
+    output = joined_output(launch("ddp", training_argv(tmp_path / "ddp", tiny_checkpoint, instructions, *qlora,
+                                                       steps=STEPS)))
+    seconds = time.monotonic() - started
+    train(*training_argv(tmp_path / "one", tiny_checkpoint, instructions, *qlora, "--per_device_train_batch_size", "4",
+                         steps=STEPS))
+    assert_engine(output, "ddp")
+    losses = logged_losses(tmp_path / "ddp")
+    assert len(losses) == STEPS and losses[-1] < losses[0], losses
+    largest = assert_close_to(weights(tmp_path / "one"), weights(tmp_path / "ddp"))
+    print(f"QLoRA, ddp: {seconds:.0f} s, largest weight difference from one process {largest:.2g}")
+
+
+def test_stage1_then_stage2_from_parts_under_zero3(tmp_path_factory, base_parts, captions, instructions, tmp_path):
+    """The paper's recipe from a base LLM, a CLIP tower and the stage-1 adapter, with activation checkpointing and
+    mixed batches: ZeRO-3 trains every step (no skipped step) to DDP's weights."""
     llm, clip = base_parts
     root = tmp_path_factory.mktemp("from-parts")
     parts = ["--vision_tower", str(clip), "--model_max_length", "256"]

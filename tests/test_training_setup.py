@@ -168,6 +168,31 @@ def test_fuser_learning_rate_has_its_own_groups(tmp_path, tiny_pristine):
     assert "model.fuser.norm1.weight" in by_rate[(1e-4, 0.0)]
 
 
+def test_a_text_only_batch_gives_the_vision_side_zero_gradients(tmp_path, tiny):
+    """As the original LLaVA's zero image does: after a training step on a batch without images the fuser and
+    projector hold zero gradients, not None (torch's AdamW skips None where DeepSpeed's Adam applies zeros, and the
+    engines parted); the loss and the language model's gradients are those of the model's plain forward."""
+    model, _ = tiny
+    set_trainable_parts(model, tune_mm_mlp_adapter=False)
+    reference = copy.deepcopy(model).train()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool), "labels": ids}
+    reference_loss = reference(**batch).loss
+    reference_loss.backward()
+    assert all(parameter.grad is None for parameter in reference.model.fuser.parameters())  # the plain forward
+    trainer = MMFuserTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    assert loss.item() == reference_loss.item()
+    mm_adapter = [*model.model.fuser.named_parameters(), *model.model.multi_modal_projector.named_parameters()]
+    assert all(parameter.grad is not None and not parameter.grad.any() for _, parameter in mm_adapter)
+    assert all(parameter.grad is None for parameter in model.model.vision_tower.parameters())  # frozen
+    reference_grads = dict(reference.model.language_model.named_parameters())
+    for name, parameter in model.model.language_model.named_parameters():
+        torch.testing.assert_close(parameter.grad, reference_grads[name].grad, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("grouped", [True, False])
 def test_group_by_modality_length_gives_batches_of_one_modality(tmp_path, tiny_checkpoint, instructions, grouped):
     """With the flag the Trainer draws through ModalityLengthGroupedSampler: every batch holds only samples with an

@@ -9,6 +9,7 @@ Three starting points, told apart by the checkpoint's `model_type`:
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -97,16 +98,20 @@ def load_model_and_processor(
 
     full_model_skips = [VISION_TOWER, FUSER, PROJECTOR, LM_HEAD]
     if model_type == MMFuserLlavaConfig.model_type:
-        model = MMFuserLlavaForConditionalGeneration.from_pretrained(
-            source, **load_options, **quantized(full_model_skips)
-        )
+        with random_state_kept():
+            model = MMFuserLlavaForConditionalGeneration.from_pretrained(
+                source, **load_options, **quantized(full_model_skips)
+            )
         keep_used_weight_conversions(model)
         check_fuser_settings(model.config, model_args)
         processor = AutoProcessor.from_pretrained(source)
         prepare_tokenizer(processor.tokenizer)
         return model, processor
     if model_type == "llava":
-        llava = LlavaForConditionalGeneration.from_pretrained(source, **load_options, **quantized(full_model_skips))
+        with random_state_kept():
+            llava = LlavaForConditionalGeneration.from_pretrained(
+                source, **load_options, **quantized(full_model_skips)
+            )
         parts = dict(
             vision_tower=llava.model.vision_tower,
             language_model=llava.model.language_model,
@@ -120,8 +125,9 @@ def load_model_and_processor(
                 f"{source} is a {model_type!r} checkpoint, not an MMFuser-LLaVA or Llava one: building a new model "
                 "from it as the language model needs --vision_tower (a CLIP checkpoint)"
             )
-        llm = AutoModelForCausalLM.from_pretrained(source, **load_options, **quantized([LM_HEAD]))
-        vision_tower = CLIPVisionModel.from_pretrained(model_args.vision_tower, dtype=dtype)
+        with random_state_kept():
+            llm = AutoModelForCausalLM.from_pretrained(source, **load_options, **quantized([LM_HEAD]))
+            vision_tower = CLIPVisionModel.from_pretrained(model_args.vision_tower, dtype=dtype)
         parts = dict(vision_tower=vision_tower, language_model=llm.model, lm_head=llm.lm_head)
         query_layer = -2  # LLaVA-1.5's feature layer
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -149,6 +155,21 @@ def load_model_and_processor(
     set_generation_tokens(model, tokenizer)
     processor = build_processor(tokenizer, vision_config.image_size, vision_config.patch_size)
     return model, processor
+
+
+@contextlib.contextmanager
+def random_state_kept() -> Iterator[None]:
+    """Loading leaves torch's random state (CPU and the current accelerator) as it found it, under every engine.
+
+    Under ZeRO-3, `from_pretrained` initialises each weight at random inside `zero.Init` before loading it; elsewhere
+    it draws nothing. What is initialised after loading (a new fuser and projector, LoRA adapters) then started from
+    another state than under DDP or FSDP: ZeRO-3's LoRA run began from other adapters and ended 0.26 away from DDP's.
+    """
+    accelerator = torch.accelerator.current_accelerator()
+    devices = [] if accelerator is None else [torch.accelerator.current_device_index()]
+    device_type = "cuda" if accelerator is None else accelerator.type
+    with torch.random.fork_rng(devices=devices, device_type=device_type):
+        yield
 
 
 def keep_used_weight_conversions(model: PreTrainedModel) -> None:
@@ -361,6 +382,7 @@ __all__ = [
     "load_model_and_processor",
     "mm_adapter_state_dict",
     "parameter_counts",
+    "random_state_kept",
     "resize_embeddings_for",
     "save_mm_adapter",
     "set_generation_tokens",

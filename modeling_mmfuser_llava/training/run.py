@@ -87,10 +87,6 @@ def run_training(
         image_folder=data_args.image_folder,
         skip_overlong_samples=data_args.skip_overlong_samples,
     )
-    if training_args.ddp_find_unused_parameters is None and any(length < 0 for length in dataset.modality_lengths):
-        # A batch of text-only samples leaves the vision side without gradients, which plain DDP rejects by default
-        # when activation checkpointing is on.
-        training_args.ddp_find_unused_parameters = True
     trainer = MMFuserTrainer(
         model=model,
         args=training_args,

@@ -2,6 +2,7 @@
 
 - `create_accelerator_and_postprocess`: FSDP on CPU processes too, one `engine: ...` line naming the engine that runs,
   and an error when it is not the one requested (see `engines`).
+- `compute_loss`: a batch without images gives the vision side zero gradients, as the original's zero image does.
 - `create_optimizer`: the fuser's parameters get their own learning rate (`--ms_cross_attn_lr`, the 13B stage 1).
 - `_get_train_sampler`: LLaVA's `--group_by_modality_length` order.
 - `_save` / `_load_from_checkpoint`: in stage 1 a checkpoint and the final output hold the fuser and projector only
@@ -9,10 +10,15 @@
   under FSDP2 writes the project's model files and `auto_map`, not those of FSDP2's wrapper class.
 """
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import Trainer
+
+from ..modeling_mmfuser_llava import MMFuserLlavaModel
 
 from .data import ModalityLengthGroupedSampler
 from .engines import (
@@ -42,6 +48,19 @@ class MMFuserTrainer(Trainer):
         check_engine(requested, self.accelerator)
         if self.args.process_index == 0:
             print(engine_line(self.accelerator), flush=True)
+
+    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        """The Trainer's loss; on a training batch without images, the vision side joins it with a zero gradient.
+
+        The original LLaVA encodes a zero image for a text-only sample and splices a zero-length slice of its features
+        into the embeddings, so the fuser and projector always get a gradient, zero on such a batch. Without it they
+        got none: torch's AdamW skipped them while DeepSpeed's Adam applied zeros (momentum, weight decay), and with
+        `--group_by_modality_length` the engines parted after a text-only batch.
+        """
+        if "pixel_values" in inputs or not (model.training and torch.is_grad_enabled()):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with zero_length_image_features(self.accelerator.unwrap_model(model)):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The Trainer's optimizer; with `ms_cross_attn_lr`, each group's fuser parameters move to a twin group."""
@@ -91,4 +110,33 @@ class MMFuserTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
-__all__ = ["MMFuserTrainer"]
+@contextlib.contextmanager
+def zero_length_image_features(model: nn.Module) -> Iterator[None]:
+    """While it is open, a forward without images encodes one zero image and adds a zero-length slice of its
+    features (a sum of nothing: zero, with a zero gradient) to the language model's input embeddings.
+
+    Done inside the model's forward, from a hook on its language model, so that every engine sees it as part of the
+    forward: DDP's reducer, FSDP2's unsharding and ZeRO-3's gathering. Nothing happens when no vision-side parameter
+    trains (LoRA with a frozen fuser and projector).
+    """
+    vision_language = next(module for module in model.modules() if isinstance(module, MMFuserLlavaModel))
+    vision_side = (vision_language.vision_tower, vision_language.fuser, vision_language.multi_modal_projector)
+    if not any(parameter.requires_grad for part in vision_side for parameter in part.parameters()):
+        yield
+        return
+
+    def splice_zero_length_features(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        embeddings = kwargs["inputs_embeds"]
+        size = vision_language.config.vision_config.image_size
+        zero_image = torch.zeros(1, 3, size, size, dtype=embeddings.dtype, device=embeddings.device)
+        features = vision_language.get_image_features(pixel_values=zero_image, return_dict=True).pooler_output[0]
+        return args, {**kwargs, "inputs_embeds": embeddings + features[:0].sum().to(embeddings.dtype)}
+
+    handle = vision_language.language_model.register_forward_pre_hook(splice_zero_length_features, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+__all__ = ["MMFuserTrainer", "zero_length_image_features"]
