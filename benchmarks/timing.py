@@ -6,13 +6,16 @@ kernel's time (mostly zeroing the fresh pages a large allocation touches: glibc 
 time, and how often it returns freed heap to the kernel depends on which tensors stay alive).
 """
 
+import contextlib
 import dataclasses
 import os
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+import torch
 
 CLOCKS = {
     "wall": time.perf_counter,
@@ -29,6 +32,11 @@ class Timings:
 
     def add(self, clock: str, name: str, seconds: float) -> None:
         self.seconds[clock].setdefault(name, []).append(seconds)
+
+    def add_series(self, name: str, seconds: dict[str, list[float]]) -> None:
+        """Per-round seconds of something timed outside `interleaved_times`, one list per clock."""
+        for clock, series in seconds.items():
+            self.seconds[clock][name] = list(series)
 
     def median_ms(self, name: str, clock: str = "wall") -> float:
         return 1e3 * statistics.median(self.seconds[clock][name])
@@ -57,6 +65,27 @@ class Timings:
     def scale(self, name: str, factor: float) -> None:
         for series in self.seconds.values():
             series[name] = [seconds * factor for seconds in series[name]]
+
+
+@contextlib.contextmanager
+def call_times(module: torch.nn.Module) -> Iterator[dict[str, list[float]]]:
+    """Seconds of every call of `module` on each clock, timed in place by forward hooks while the context is open."""
+    seconds: dict[str, list[float]] = {clock: [] for clock in CLOCKS}
+    starts: dict[str, float] = {}
+
+    def start(*_) -> None:
+        starts.update({clock: read() for clock, read in CLOCKS.items()})
+
+    def stop(*_) -> None:
+        for clock, read in CLOCKS.items():
+            seconds[clock].append(read() - starts[clock])
+
+    handles = [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
+    try:
+        yield seconds
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def interleaved_times(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> Timings:

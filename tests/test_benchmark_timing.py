@@ -1,6 +1,8 @@
 """The benchmarks' side-by-side timing: interleaved order, per-round ratios, and the clock each column reads."""
 
-from benchmarks.timing import CLOCKS, Timings, interleaved_times
+import torch
+
+from benchmarks.timing import CLOCKS, Timings, call_times, interleaved_times
 
 
 def test_rounds_alternate_the_order_and_skip_the_warmup():
@@ -23,3 +25,13 @@ def test_a_result_reads_the_chosen_cpu_clock_and_medians_per_round_ratios():
     user = timings.result("row", "setting", "ours", "baseline", cpu_clock="user")
     assert user.cpu_ratio == 1.0 and user.spread == (0.9, 1.2)
     assert user.ratio == cpu.ratio  # the wall-clock column does not change with it
+
+
+def test_a_module_is_timed_in_place_once_per_call():
+    module = torch.nn.Linear(4, 4)
+    with call_times(module) as seconds:
+        module(torch.ones(2, 4)), module(torch.ones(2, 4))
+    module(torch.ones(2, 4))  # after the context: not timed
+    assert {clock: len(series) for clock, series in seconds.items()} == {clock: 2 for clock in CLOCKS}
+    assert all(value >= 0 for series in seconds.values() for value in series)
+    assert not module._forward_hooks and not module._forward_pre_hooks
