@@ -105,7 +105,8 @@ def test_tiny_model_learns_and_its_output_reloads_and_generates(tmp_path, tiny_c
     assert len(curve) == 40 and last < 0.4 * first
     # The Trainer turns the cache off for training; the saved model must generate with it again.
     assert json.loads((output / "generation_config.json").read_text()).get("use_cache", True) is True
-    assert json.loads((output / "config.json").read_text())["text_config"].get("use_cache", True) is True
+    saved_config = json.loads((output / "config.json").read_text())
+    assert saved_config["use_cache"] is True and saved_config["text_config"].get("use_cache", True) is True
     # Reload where this package cannot be imported: only the saved remote code can serve the model.
     picture = instructions.parent / "images" / "synthetic-00000.png"
     logits_file = tmp_path / "logits.safetensors"
