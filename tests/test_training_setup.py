@@ -193,6 +193,39 @@ def test_a_text_only_batch_gives_the_vision_side_zero_gradients(tmp_path, tiny):
         torch.testing.assert_close(parameter.grad, reference_grads[name].grad, rtol=0, atol=0)
 
 
+def modules_run(trainer: MMFuserTrainer, batch: dict) -> list[str]:
+    """The names of the modules a training loss and its backward run, in the order they start (what ZeRO-3 traces)."""
+    model = trainer.model
+    order = []
+    handles = [module.register_forward_pre_hook(lambda module, args, name=name: order.append(name))
+               for name, module in model.named_modules()]
+    try:
+        trainer.compute_loss(model, dict(batch)).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+@pytest.mark.parametrize("vision_side_trains", [True, False], ids=["stage2", "frozen-vision-side"])
+def test_a_text_only_batch_runs_the_modules_of_an_image_batch_in_their_order(tmp_path, tiny, images,
+                                                                             vision_side_trains):
+    """ZeRO-3 and FSDP gather each module's weights as it runs, so a process holding only text must run the same
+    modules in the same order as one holding pictures (else the run stops at its first mixed step), also when no
+    vision-side weight trains (LoRA with the fuser and projector frozen)."""
+    model, processor = tiny
+    set_trainable_parts(model, tune_mm_mlp_adapter=False, freeze_mm_mlp_adapter=not vision_side_trains)
+    trainer = MMFuserTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+    trainer.model.train()
+    with_image = dict(chat(processor, ["what is in this image"], images[:1]))
+    with_image["labels"] = with_image["input_ids"]
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    text_only = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool), "labels": ids}
+    image_order = modules_run(trainer, with_image)
+    assert "model.vision_tower" in image_order and "model.fuser" in image_order
+    assert modules_run(trainer, text_only) == image_order
+
+
 @pytest.mark.parametrize("grouped", [True, False])
 def test_group_by_modality_length_gives_batches_of_one_modality(tmp_path, tiny_checkpoint, instructions, grouped):
     """With the flag the Trainer draws through ModalityLengthGroupedSampler: every batch holds only samples with an

@@ -2,12 +2,14 @@
 
 - `create_accelerator_and_postprocess`: FSDP on CPU processes too, one `engine: ...` line naming the engine that runs,
   and an error when it is not the one requested (see `engines`).
-- `compute_loss`: a batch without images gives the vision side zero gradients, as the original's zero image does.
+- `compute_loss`: a batch without images runs the vision side on a zero image, as the original does: zero gradients
+  for the fuser and projector, and the same modules in the same order on every process.
 - `create_optimizer`: the fuser's parameters get their own learning rate (`--ms_cross_attn_lr`, the 13B stage 1).
 - `_get_train_sampler`: LLaVA's `--group_by_modality_length` order.
 - `_save` / `_load_from_checkpoint`: in stage 1 a checkpoint and the final output hold the fuser and projector only
   (one safetensors file, not a copy of the frozen 7B/13B LLM), and resuming reads them back from it; a full save
-  under FSDP2 writes the project's model files and `auto_map`, not those of FSDP2's wrapper class.
+  under FSDP2 writes the project's model files and `auto_map`, not those of FSDP2's wrapper class; under ZeRO-3 a LoRA
+  save holds the frozen fuser and projector too.
 """
 
 import contextlib
@@ -50,14 +52,15 @@ class MMFuserTrainer(Trainer):
             print(engine_line(self.accelerator), flush=True)
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
-        """The Trainer's loss; on a training batch without images, the vision side joins it with a zero gradient.
+        """The Trainer's loss; on a batch without images, the vision side runs on a zero image all the same.
 
         The original LLaVA encodes a zero image for a text-only sample and splices a zero-length slice of its features
-        into the embeddings, so the fuser and projector always get a gradient, zero on such a batch. Without it they
-        got none: torch's AdamW skipped them while DeepSpeed's Adam applied zeros (momentum, weight decay), and with
-        `--group_by_modality_length` the engines parted after a text-only batch.
+        into the embeddings, so every batch runs the vision side and the fuser and projector always get a gradient,
+        zero on such a batch. Without it they got none (torch's AdamW skipped them while DeepSpeed's Adam applied
+        momentum and weight decay), and under ZeRO-3 a process holding only text ran other modules than the others,
+        which gather each module's weights together, so the run stopped.
         """
-        if "pixel_values" in inputs or not (model.training and torch.is_grad_enabled()):
+        if "pixel_values" in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with zero_length_image_features(self.accelerator.unwrap_model(model)):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -92,7 +95,10 @@ class MMFuserTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.mm_adapter_only:
-            with as_own_class(self.accelerator.unwrap_model(self.model, keep_torch_compile=False)):
+            model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+            if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+                state_dict = with_frozen_modules_to_save(model, state_dict)
+            with as_own_class(model):
                 return super()._save(output_dir, state_dict)
         if not self.args.should_save:
             return
@@ -110,33 +116,49 @@ class MMFuserTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
+def with_frozen_modules_to_save(model: nn.Module, state_dict: dict | None) -> dict | None:
+    """`state_dict` plus a PEFT model's frozen `modules_to_save`, gathered from ZeRO-3's partitions.
+
+    Under ZeRO-3 the Trainer gathers only the trainable weights of a PEFT model, but PEFT's adapter file holds every
+    module to save: the fuser and projector, frozen with `--freeze_mm_mlp_adapter` (kept so that merging finds them),
+    were missing and the final save stopped with a KeyError. All processes gather (a collective); the main one, whose
+    `state_dict` is not None, keeps the weights.
+    """
+    frozen = {name: parameter for name, parameter in model.named_parameters()
+              if ".modules_to_save." in name and not parameter.requires_grad}
+    if not frozen:
+        return state_dict
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(frozen.values())):
+        if state_dict is not None:
+            state_dict.update({name: parameter.detach().cpu().clone() for name, parameter in frozen.items()})
+    return state_dict
+
+
 @contextlib.contextmanager
 def zero_length_image_features(model: nn.Module) -> Iterator[None]:
     """While it is open, a forward without images encodes one zero image and adds a zero-length slice of its
-    features (a sum of nothing: zero, with a zero gradient) to the language model's input embeddings.
+    features (a sum of nothing: zero, with a zero gradient) to the input embeddings.
 
-    Done inside the model's forward, from a hook on its language model, so that every engine sees it as part of the
-    forward: DDP's reducer, FSDP2's unsharding and ZeRO-3's gathering. Nothing happens when no vision-side parameter
-    trains (LoRA with a frozen fuser and projector).
+    The zero image is encoded where real pictures are: right after the input embeddings, by the same modules in the
+    same order (Llava's forward embeds the tokens, then encodes the pictures, then runs the language model). Engines
+    that gather each module's weights as it runs (ZeRO-3, FSDP) need every process to run the same modules in the same
+    order whatever its batch holds, frozen ones included, and DDP's reducer sees the gradient as part of the forward.
     """
     vision_language = next(module for module in model.modules() if isinstance(module, MMFuserLlavaModel))
-    vision_side = (vision_language.vision_tower, vision_language.fuser, vision_language.multi_modal_projector)
-    if not any(parameter.requires_grad for part in vision_side for parameter in part.parameters()):
-        yield
-        return
 
-    def splice_zero_length_features(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        embeddings = kwargs["inputs_embeds"]
+    def add_zero_length_features(module: nn.Module, args: tuple, embeddings: torch.Tensor) -> torch.Tensor:
         size = vision_language.config.vision_config.image_size
         zero_image = torch.zeros(1, 3, size, size, dtype=embeddings.dtype, device=embeddings.device)
         features = vision_language.get_image_features(pixel_values=zero_image, return_dict=True).pooler_output[0]
-        return args, {**kwargs, "inputs_embeds": embeddings + features[:0].sum().to(embeddings.dtype)}
+        return embeddings + features[:0].sum().to(embeddings.dtype)
 
-    handle = vision_language.language_model.register_forward_pre_hook(splice_zero_length_features, with_kwargs=True)
+    handle = vision_language.get_input_embeddings().register_forward_hook(add_zero_length_features)
     try:
         yield
     finally:
         handle.remove()
 
 
-__all__ = ["MMFuserTrainer", "zero_length_image_features"]
+__all__ = ["MMFuserTrainer", "with_frozen_modules_to_save", "zero_length_image_features"]
