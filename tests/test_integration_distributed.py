@@ -1,11 +1,17 @@
 """`mmfuser-llava train` under DDP, DeepSpeed ZeRO-2, ZeRO-3 and FSDP2 on 2 CPU processes (gloo), as users launch it.
 
 Each engine trains the tiny model with the same seed and global batch as the DDP run (the reference: plain torch, the
-same losses as one process, tests/test_training_distributed.py); the test reads the `engine:` line, checks the loss
-falls, compares every trained weight with DDP's (1e-4), and reloads the saved folder in a clean process through
-trust_remote_code (the folder's code files, normal key names). Full stage-2 runs use modality-grouped batches (a
-text-only batch among them) and activation checkpointing; LoRA runs the default mixed batches. DeepSpeed JIT-builds
-one op on first use (~70 s): the build is cached under `~/.cache/mmfuser-llava/torch_extensions`.
+same losses as one process, tests/test_training_distributed.py); the test reads the `engine:` line, checks every step
+ran and the loss falls, compares every trained weight with DDP's (1e-4), and reloads the saved folder in a clean
+process through trust_remote_code (the folder's code files, normal key names).
+
+Every run forces the case a real run meets sooner or later: on some step one process holds only text while the other
+holds pictures, which stopped ZeRO-3 when the processes ran different modules. Mixed batches: one sample per
+process and an odd number of pictures in each epoch, so some step pairs a picture with a text-only sample whatever
+the order. Modality-grouped batches (with activation checkpointing): one whole epoch whose last, merged mega-batch
+gives one process only text. Full stage 2 and LoRA (in the mixed runs with the fuser and projector frozen: no
+vision-side weight trains, the vision side still runs). DeepSpeed JIT-builds one op on first use (~70 s): the build
+is cached under `~/.cache/mmfuser-llava/torch_extensions`.
 """
 
 import json
@@ -22,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from isolated_venv import cache_root, user_environment
+from modeling_mmfuser_llava.training import make_synthetic_dataset
 from modeling_mmfuser_llava.training.data import ModalityLengthGroupedSampler
 from training_support import (  # noqa: F401  (fixtures)
     base_parts,
@@ -50,6 +57,17 @@ WEIGHT_TOLERANCE = 1e-4
 STEPS = 6
 GROUPED = ("--group_by_modality_length", "True", "--activation_checkpointing", "True")
 LORA = ("--lora_enable", "True", "--lora_r", "4")  # with the default dropout (0.05): the engines draw the same masks
+# Mixed batches: 5 of 8 samples with a picture, one per process (4 steps an epoch): some step pairs a picture with
+# a text-only sample. Grouped: 10 text-only samples, then 14 with a picture, 2 per process: one epoch of 6 steps whose
+# last mega-batch merges the 2 + 2 left over, sorted by index, so the first process holds only text.
+MIXED_DATA = {"with_image": 5, "text_only": 3}
+GROUPED_DATA = {"text_only": 10, "with_image": 14}
+CASES = {
+    "full, mixed": ("mixed", "--per_device_train_batch_size", "1"),
+    "full, grouped": ("grouped", *GROUPED, "--max_steps", "-1", "--num_train_epochs", "1"),
+    "LoRA frozen fuser, mixed": ("mixed", *LORA, "--freeze_mm_mlp_adapter", "True", "--per_device_train_batch_size", "1"),
+    "LoRA, grouped": ("grouped", *LORA, *GROUPED, "--max_steps", "-1", "--num_train_epochs", "1"),
+}
 
 
 def launch(engine: str, argv: list[str], timeout: float = 600, check: bool = True,
@@ -124,74 +142,102 @@ def assert_reloads(folder: Path, tmp_path: Path) -> None:
     assert result.returncode == 0 and "reloaded" in result.stdout, result.stderr[-4000:]
 
 
-def runs_per_engine(root: Path, tiny_checkpoint: Path, instructions: Path, *flags: str) -> dict[str, tuple]:
+def runs_per_engine(root: Path, tiny_checkpoint: Path, data: Path, *flags: str) -> dict[str, tuple]:
     """Stage 2 from a full checkpoint with `flags`, each engine once: {engine: (output folder, rank 0's output, s)}."""
     runs = {}
     for engine in ENGINE_FLAGS:
         output_dir = root / engine
-        argv = training_argv(output_dir, tiny_checkpoint, instructions, "--model_max_length", "256", *flags,
-                             steps=STEPS)
+        argv = training_argv(output_dir, tiny_checkpoint, data, "--model_max_length", "256", *flags, steps=STEPS)
         started = time.monotonic()
         result = launch(engine, argv)
         runs[engine] = output_dir, joined_output(result), time.monotonic() - started
     return runs
 
 
-@pytest.fixture(scope="module")
-def stage2_runs(tmp_path_factory, tiny_checkpoint, instructions):
-    return runs_per_engine(tmp_path_factory.mktemp("stage2"), tiny_checkpoint, instructions, *GROUPED)
+def modality_counts(data: Path) -> dict[str, int]:
+    records = json.loads(data.read_text())
+    return {"with_image": sum("image" in record for record in records),
+            "text_only": sum("image" not in record for record in records)}
 
 
 @pytest.fixture(scope="module")
-def lora_runs(tmp_path_factory, tiny_checkpoint, instructions):
-    return runs_per_engine(tmp_path_factory.mktemp("lora"), tiny_checkpoint, instructions, *LORA)
+def case_data(tmp_path_factory) -> dict[str, Path]:
+    """The mixed and the grouped data files, drawn from one synthetic set with as many text-only samples as not."""
+    pool = make_synthetic_dataset(tmp_path_factory.mktemp("pool"), num_samples=48, seed=5, text_only_fraction=0.5)
+    records = json.loads(pool.read_text())
+    by_kind = {"with_image": [r for r in records if "image" in r], "text_only": [r for r in records if "image" not in r]}
+    files = {}
+    for name, counts in (("mixed", MIXED_DATA), ("grouped", GROUPED_DATA)):
+        picked = [record for kind, count in counts.items() for record in by_kind[kind][:count]]
+        files[name] = pool.with_name(f"{name}.json")
+        files[name].write_text(json.dumps(picked))
+        assert modality_counts(files[name]) == counts
+    return files
 
 
-def assert_trained_as_ddp(runs: dict[str, tuple], engine: str, label: str) -> Path:
-    """The run's engine line, a falling loss and every saved weight within WEIGHT_TOLERANCE of the DDP run's."""
+@pytest.fixture(scope="module")
+def case_runs(tmp_path_factory, tiny_checkpoint, case_data):
+    """Each case's runs under every engine, launched when a test first asks for the case."""
+    runs = {}
+
+    def runs_of(case: str) -> dict[str, tuple]:
+        if case not in runs:
+            data, *flags = CASES[case]
+            root = tmp_path_factory.mktemp(case.replace(",", "").replace(" ", "-"))
+            runs[case] = runs_per_engine(root, tiny_checkpoint, case_data[data], *flags)
+        return runs[case]
+
+    return runs_of
+
+
+def assert_trained_as_ddp(runs: dict[str, tuple], engine: str, label: str, steps: int = STEPS) -> Path:
+    """The run's engine line, every step logged, a falling loss and every saved weight within WEIGHT_TOLERANCE of the
+    DDP run's."""
     output_dir, output, seconds = runs[engine]
     assert_engine(output, engine)
     losses = logged_losses(output_dir)
-    assert len(losses) == STEPS and losses[-1] < losses[0], losses
+    assert len(losses) == steps and losses[-1] < losses[0], losses
     largest = assert_close_to(weights(runs["ddp"][0]), weights(output_dir))
-    print(f"{label}, {engine}: {seconds:.0f} s, largest weight difference from DDP {largest:.2g}")
+    print(f"{label}, {engine}: {seconds:.0f} s, {steps} steps, largest weight difference from DDP {largest:.2g}")
     return output_dir
 
 
-def test_the_grouped_runs_train_on_a_text_only_batch(instructions):
-    """The runs' first steps include a text-only batch (4 of the 32 samples have no image), the case where the vision
-    side's gradient is zero rather than missing: the same order as the Trainer's sampler (2 processes x 2)."""
-    records = json.loads(instructions.read_text())
-    signs = [1 if "image" in record else -1 for record in records]  # the sampler groups by the sign only
+def test_the_data_gives_one_process_only_text_while_the_other_has_pictures(case_data):
+    """The premise of every run here, for the order the runs draw: mixed, an odd number of pictures one per process
+    (so pairs of a picture and a text-only sample exist whatever the order); grouped, the Trainer's sampler order
+    (2 processes x 2) ends with a step whose first process holds only text and whose second holds pictures."""
+    assert MIXED_DATA["with_image"] % 2 == 1 and sum(MIXED_DATA.values()) % 2 == 0
+    signs = [1 if "image" in record else -1 for record in json.loads(case_data["grouped"].read_text())]
     order = list(ModalityLengthGroupedSampler(signs, batch_size=2, world_size=2, seed=0))
-    steps = [order[start : start + 4] for start in range(0, 4 * STEPS, 4)]
-    assert any(all(signs[index] < 0 for index in step) for step in steps), steps
+    steps = [order[start : start + 4] for start in range(0, len(order), 4)]
+    assert len(steps) == STEPS
+    first_process, second_process = steps[-1][:2], steps[-1][2:]
+    assert all(signs[index] < 0 for index in first_process) and all(signs[index] > 0 for index in second_process)
 
 
 @pytest.mark.parametrize("engine", list(ENGINE_FLAGS))
-def test_stage2_from_a_checkpoint(engine, stage2_runs, tmp_path):
-    """Modality-grouped batches with activation checkpointing: every engine ends at DDP's weights."""
-    output_dir = assert_trained_as_ddp(stage2_runs, engine, "stage 2, grouped, checkpointing")
-    assert_reloads(output_dir, tmp_path)
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_engine_trains_through_text_only_batches(case, engine, case_runs, tmp_path):
+    """Every engine runs all its steps, also where one process holds only text, and ends at DDP's weights; a full
+    run's saved folder reloads; a LoRA run's folder holds the adapters (and the fuser and projector)."""
+    output_dir = assert_trained_as_ddp(case_runs(case), engine, case)
+    if case.startswith("LoRA"):
+        assert (output_dir / "adapter_config.json").is_file()
+        assert any(".lora_A." in key for key in weights(output_dir))
+    else:
+        assert_reloads(output_dir, tmp_path)
 
 
-@pytest.mark.parametrize("engine", list(ENGINE_FLAGS))
-def test_lora_from_a_checkpoint(engine, lora_runs):
-    """LoRA (with dropout): every engine starts from the same adapters and ends at DDP's adapter folder (the adapters,
-    the fuser and the projector)."""
-    output_dir = assert_trained_as_ddp(lora_runs, engine, "LoRA")
-    assert (output_dir / "adapter_config.json").is_file()
-    assert any(".lora_A." in key for key in weights(output_dir))
-
-
-def test_zero3_offload_config(stage2_runs, tiny_checkpoint, instructions, tmp_path):
-    """configs/deepspeed/zero3_offload.json: the grouped stage-2 run with parameters and optimizer states in CPU
+def test_zero3_offload_config(case_runs, case_data, tiny_checkpoint, tmp_path):
+    """configs/deepspeed/zero3_offload.json: the grouped stage-2 epoch with parameters and optimizer states in CPU
     memory ends at DDP's weights too."""
-    argv = training_argv(tmp_path / "offload", tiny_checkpoint, instructions, "--model_max_length", "256", *GROUPED,
+    data, *flags = CASES["full, grouped"]
+    argv = training_argv(tmp_path / "offload", tiny_checkpoint, case_data[data], "--model_max_length", "256", *flags,
                          steps=STEPS)
     started = time.monotonic()
     output = joined_output(launch("deepspeed-zero3", argv, engine_flags=OFFLOAD_FLAGS))
-    runs = {"ddp": stage2_runs["ddp"], "deepspeed-zero3": (tmp_path / "offload", output, time.monotonic() - started)}
+    runs = {"ddp": case_runs("full, grouped")["ddp"],
+            "deepspeed-zero3": (tmp_path / "offload", output, time.monotonic() - started)}
     assert_trained_as_ddp(runs, "deepspeed-zero3", "stage 2, grouped, checkpointing, ZeRO-3 offload")
 
 
