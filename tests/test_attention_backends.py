@@ -55,6 +55,7 @@ def test_flash_attention_2_without_flash_attn_is_a_clear_error(saved):
         load(saved[0], "flash_attention_2")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not (FLASH_ATTN_INSTALLED and torch.cuda.is_available()),
     reason="flash_attention_2 needs a CUDA GPU and the `flash` extra (flash-attn); neither is on this machine",
