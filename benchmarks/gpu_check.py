@@ -72,7 +72,7 @@ def install_wheels(folder: Path, target: Path, dry_run: bool) -> list[Row]:
     return [Row("install the carried wheels" + (" (resolved only)" if dry_run else ""), names, "ok")]
 
 
-def test_rows(report: Path) -> list[Row]:
+def junit_rows(report: Path) -> list[Row]:
     """One row per test of a pytest JUnit report: passed, failed or skipped with its reason."""
     rows = []
     for case in ElementTree.parse(report).getroot().iter("testcase"):
@@ -100,7 +100,7 @@ def run_cuda_tests(dry_run: bool, environment: dict[str, str]) -> list[Row]:
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "junit.xml"
         subprocess.run([*command, "-rs", f"--junitxml={report}"], cwd=REPO_ROOT, env=environment)
-        return test_rows(report)
+        return junit_rows(report)
 
 
 def benchmark_rows(dry_run: bool, rounds: int) -> list[Row]:

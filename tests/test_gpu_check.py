@@ -1,13 +1,15 @@
 """`make gpu-check`: without a GPU it refuses with a clear message; its dry run does every step that needs none."""
 
 import ast
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks.gpu_check import main
+from benchmarks.gpu_check import install_wheels, junit_rows, main
 
 from conftest import REPO_ROOT
 
@@ -64,3 +66,22 @@ def test_without_a_gpu_it_says_so_and_fails(tmp_path, capsys):
     assert main(["--wheels", str(tmp_path), "--output", str(tmp_path / "table.md")]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "table.md").exists()
+
+
+def test_the_gpu_runs_install_and_report_steps(tmp_path):
+    """What only the GPU run does beyond the dry run: the real offline install into its own folder, and the table's
+    rows read off pytest's JUnit report (passed, failed with its message, skipped with its reason)."""
+    write_wheel(tmp_path / "wheels", "gpucheckprobe", "py3-none-any")
+    [row] = install_wheels(tmp_path / "wheels", tmp_path / "site", dry_run=False)
+    assert row.result == "ok" and (tmp_path / "site" / "gpucheckprobe" / "__init__.py").is_file()
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n\ndef test_passes():\n    pass\n\ndef test_fails():\n    assert 1 == 2, 'one is not two'\n\n"
+        "@pytest.mark.skip(reason='no such device')\ndef test_skips():\n    pass\n"
+    )
+    report = tmp_path / "junit.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                    "test_sample.py"], cwd=tmp_path, capture_output=True, timeout=120)
+    outcomes = {row.check: row.result for row in junit_rows(report)}
+    assert outcomes["test_sample::test_passes"] == "passed"
+    assert outcomes["test_sample::test_fails"].startswith("FAILED: AssertionError: one is not two")
+    assert outcomes["test_sample::test_skips"] == "skipped: no such device"
