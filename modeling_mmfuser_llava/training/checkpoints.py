@@ -92,7 +92,7 @@ def save_error(final: Path, error: BaseException, intact: Path | None) -> SaveEr
     left = f"{intact} is intact" if intact is not None else "no earlier checkpoint exists"
     return SaveError(
         f"could not write {final}: {type(error).__name__}: {error}. Nothing was written under that name and {left}; "
-        f"free space under {final.parent} (or lower --save_total_limit) and run the same command again to resume."
+        f"free space on the disk of {final} (or lower --save_total_limit) and run the same command again to resume."
     )
 
 
