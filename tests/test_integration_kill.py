@@ -1,4 +1,4 @@
-"""A 2-process run (DDP, DeepSpeed ZeRO-2; torchrun, gloo, CPU) SIGKILLed mid-checkpoint or during its final save,
+"""A 2-process run (DDP, DeepSpeed ZeRO-2 and ZeRO-3, FSDP2; torchrun, gloo, CPU) SIGKILLed mid-checkpoint or during its final save,
 then started again with the same command: the weights of a run never interrupted (1e-6) and one loss per step.
 
 The main process is killed while it writes the model's weights (tests/kill_during_training.py); torchrun then stops
@@ -24,7 +24,13 @@ pytestmark = pytest.mark.integration
 
 KILL_HOOK = Path(__file__).with_name("kill_during_training.py")
 CLI = Path(sys.executable).with_name("mmfuser-llava")
-ZERO2 = Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero2.json"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ENGINE_FLAGS = {
+    "ddp": [],
+    "deepspeed-zero2": ["--deepspeed", str(CONFIGS / "deepspeed" / "zero2.json")],
+    "deepspeed-zero3": ["--deepspeed", str(CONFIGS / "deepspeed" / "zero3.json")],
+    "fsdp2": ["--fsdp", "full_shard auto_wrap", "--fsdp_config", str(CONFIGS / "fsdp" / "fsdp2.json")],
+}
 STEPS = 8
 
 
@@ -44,13 +50,12 @@ def logged_steps(output_dir: Path) -> list[int]:
     return [entry["step"] for entry in history if "loss" in entry]
 
 
-@pytest.mark.parametrize("engine, moments", [("ddp", ["save:6", "final"]), ("deepspeed-zero2", ["save:6"])])
+@pytest.mark.parametrize("engine, moments", [("ddp", ["save:6", "final"]), ("deepspeed-zero2", ["save:6"]),
+                                             ("deepspeed-zero3", ["save:6"]), ("fsdp2", ["save:6"])])
 def test_two_processes_killed_and_started_again_end_as_if_never_interrupted(tmp_path, tiny_checkpoint, instructions,
                                                                             engine, moments):
     flags = ["--save_strategy", "steps", "--save_steps", "3", "--report_to", "none", "--ddp_backend", "gloo",
-             "--per_device_train_batch_size", "1"]
-    if engine == "deepspeed-zero2":
-        flags += ["--deepspeed", str(ZERO2)]
+             "--per_device_train_batch_size", "1", *ENGINE_FLAGS[engine]]
 
     def argv(output: Path) -> list[str]:
         return training_argv(output, tiny_checkpoint, instructions, *flags, steps=STEPS)
