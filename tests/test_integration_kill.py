@@ -1,8 +1,9 @@
-"""A 2-process run (DDP, DeepSpeed ZeRO-2 and ZeRO-3, FSDP2; torchrun, gloo, CPU) SIGKILLed mid-checkpoint or during its final save,
-then started again with the same command: the weights of a run never interrupted (1e-6) and one loss per step.
+"""A 2-process run (DDP, DeepSpeed ZeRO-2 and ZeRO-3, FSDP2; torchrun, gloo, CPU) SIGKILLed mid-checkpoint or during
+its final save, then started again with the same command: the weights of a run never interrupted (1e-6) and one loss
+per step.
 
 The main process is killed while it writes the model's weights (tests/kill_during_training.py); torchrun then stops
-the other. Under DDP the other process has already written its RNG state into the staged checkpoint, under ZeRO-2 its
+the other. Under DDP the other process has already written its RNG state into the staged checkpoint, under ZeRO its
 optimizer partition: the rename waits for every process, so the half-written checkpoint is never resumed from.
 """
 
