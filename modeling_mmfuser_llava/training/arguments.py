@@ -98,7 +98,13 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str = field(metadata={"help": "LLaVA-format JSON list of {id, image, conversations}."})
+    data_path: str = field(
+        metadata={
+            "help": "LLaVA-format JSON list of {id, image, conversations}, or JSONL (one sample a line). Checked once "
+            "into an Arrow table under the datasets cache (keyed on the file's sha256), which every process "
+            "memory-maps."
+        }
+    )
     image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' image paths are under."})
     image_aspect_ratio: Literal["pad", "square"] = field(
         default="pad",

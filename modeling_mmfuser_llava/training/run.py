@@ -78,15 +78,16 @@ def run_training(
         )
     if training_args.process_index == 0:
         print(f"Parameters per part:\n{format_parameter_counts(parameter_counts(model))}", flush=True)
-    dataset = LazySupervisedDataset(
-        data_args.data_path,
-        processor,
-        image_seq_length=model.config.image_seq_length,
-        model_max_length=training_args.model_max_length,
-        version=model_args.version,
-        image_folder=data_args.image_folder,
-        skip_overlong_samples=data_args.skip_overlong_samples,
-    )
+    with training_args.main_process_first(desc="checking the training data into its Arrow cache"):
+        dataset = LazySupervisedDataset(
+            data_args.data_path,
+            processor,
+            image_seq_length=model.config.image_seq_length,
+            model_max_length=training_args.model_max_length,
+            version=model_args.version,
+            image_folder=data_args.image_folder,
+            skip_overlong_samples=data_args.skip_overlong_samples,
+        )
     trainer = MMFuserTrainer(
         model=model,
         args=training_args,
