@@ -49,6 +49,11 @@ def modality_length(sample: Conversation) -> int:
     return words if sample.image is not None else -words
 
 
+def table_modality_lengths(samples: datasets.Dataset) -> list[int]:
+    """The `modality_length` column as a list, read from the memory-mapped table (no sample is tokenized)."""
+    return samples.with_format("arrow")["modality_length"].to_pylist()
+
+
 def read_records(data_path: Path) -> Iterator[object]:
     """The file's entries: a JSON list, or one JSON object per line for `.jsonl`."""
     if data_path.suffix == ".jsonl":
@@ -137,68 +142,23 @@ def cached_samples(data_path: str | Path, version: str, cache_dir: str | Path | 
     return datasets.Dataset.from_file(str(folder / TABLE_FILE))
 
 
-class LazySupervisedDataset(Dataset):
-    """LLaVA-format samples, checked once into a shared Arrow cache; tokenized and their images loaded when fetched.
+class SampleEncoder:
+    """Samples -> training items: ids and labels in the conversation format, cut to `model_max_length`, pixels.
 
     A sample that `model_max_length` would cut inside its image tokens, or strip of every supervised token, raises
-    `OverlongSampleError` when fetched; with `skip_overlong_samples` all samples are tokenized (text only) up front and
-    such samples are left out, their ids kept in `skipped_sample_ids`.
+    `OverlongSampleError`.
     """
 
-    def __init__(
-        self,
-        data_path: str | Path,
-        processor: LlavaProcessor,
-        image_seq_length: int,
-        model_max_length: int,
-        version: str = "v1",
-        image_folder: str | Path | None = None,
-        skip_overlong_samples: bool = False,
-        cache_dir: str | Path | None = None,
-    ):
+    def __init__(self, processor: LlavaProcessor, image_seq_length: int, model_max_length: int, version: str = "v1"):
         tokenizer = processor.tokenizer
         if not tokenizer.is_fast:
             raise ValueError("training needs a tokenizer with character offsets (a tokenizers-backed tokenizer)")
-        self.samples = cached_samples(data_path, version, cache_dir)
-        if image_folder is None and any(length > 0 for length in self.modality_lengths):
-            raise ValueError(f"{data_path} has samples with images: pass --image_folder")
         self.processor = processor
         self.format = FORMATTERS[version]
-        self.image_folder = Path(image_folder) if image_folder is not None else None
+        self.version = version
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.image_seq_length = image_seq_length
         self.model_max_length = model_max_length
-        self.skipped_sample_ids: list[str] = []
-        if skip_overlong_samples:
-            kept = []
-            for index in range(len(self.samples)):
-                sample = self.conversation(index)
-                try:
-                    self.encode(sample)
-                    kept.append(index)
-                except OverlongSampleError:
-                    self.skipped_sample_ids.append(sample.sample_id)
-            logger.warning(
-                "skipped %d of %d samples that do not fit model_max_length=%d%s",
-                len(self.skipped_sample_ids),
-                len(self.samples),
-                model_max_length,
-                f" (first ids: {self.skipped_sample_ids[:5]})" if self.skipped_sample_ids else "",
-            )
-            self.samples = self.samples.select(kept)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def modality_lengths(self) -> list[int]:
-        """Word counts as the original estimates them (positive with an image, negative without): a table column."""
-        return self.samples.with_format("arrow")["modality_length"].to_pylist()
-
-    def conversation(self, index: int) -> Conversation:
-        row = self.samples[index]
-        turns = tuple((turn["from"], turn["value"]) for turn in row["conversations"])
-        return Conversation(row["id"], turns, row["image"])
 
     def encode(self, sample: Conversation) -> tuple[list[int], list[int]]:
         """Ids and labels cut to `model_max_length`; `OverlongSampleError` when the cut would break the sample."""
@@ -219,24 +179,89 @@ class LazySupervisedDataset(Dataset):
             )
         return input_ids, labels
 
-    def load_image(self, sample: Conversation) -> Image.Image:
-        path = self.image_folder / sample.image
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except FileNotFoundError:
-            raise InvalidSampleError(f"sample {sample.sample_id!r}: image {path} does not exist") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise InvalidSampleError(f"sample {sample.sample_id!r}: cannot read image {path}: {error}") from error
+    def item(self, sample: Conversation, image: Image.Image | None) -> dict[str, torch.Tensor]:
+        input_ids, labels = self.encode(sample)
+        item = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}
+        if image is not None:
+            item["pixel_values"] = self.processor.image_processor(image, return_tensors="pt")["pixel_values"]
+        return item
+
+    def fitting_rows(self, samples: datasets.Dataset, conversation) -> tuple[list[int], list[str]]:
+        """Rows of `samples` whose `conversation(row)` fits `model_max_length` (text tokenized, no image read), and
+        the ids of the others, logged."""
+        kept, skipped = [], []
+        for index in range(len(samples)):
+            sample = conversation(index)
+            try:
+                self.encode(sample)
+                kept.append(index)
+            except OverlongSampleError:
+                skipped.append(sample.sample_id)
+        logger.warning(
+            "skipped %d of %d samples that do not fit model_max_length=%d%s",
+            len(skipped),
+            len(samples),
+            self.model_max_length,
+            f" (first ids: {skipped[:5]})" if skipped else "",
+        )
+        return kept, skipped
+
+
+def open_image(path: Path, sample: Conversation) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise InvalidSampleError(f"sample {sample.sample_id!r}: image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidSampleError(f"sample {sample.sample_id!r}: cannot read image {path}: {error}") from error
+
+
+class LazySupervisedDataset(Dataset):
+    """LLaVA-format samples, checked once into a shared Arrow cache; tokenized and their images loaded when fetched.
+
+    With `skip_overlong_samples` all samples are tokenized (text only) up front and those that do not fit
+    `model_max_length` are left out, their ids kept in `skipped_sample_ids`.
+    """
+
+    def __init__(
+        self,
+        data_path: str | Path,
+        processor: LlavaProcessor,
+        image_seq_length: int,
+        model_max_length: int,
+        version: str = "v1",
+        image_folder: str | Path | None = None,
+        skip_overlong_samples: bool = False,
+        cache_dir: str | Path | None = None,
+    ):
+        self.encoder = SampleEncoder(processor, image_seq_length, model_max_length, version)
+        self.samples = cached_samples(data_path, version, cache_dir)
+        if image_folder is None and any(length > 0 for length in self.modality_lengths):
+            raise ValueError(f"{data_path} has samples with images: pass --image_folder")
+        self.image_folder = Path(image_folder) if image_folder is not None else None
+        self.skipped_sample_ids: list[str] = []
+        if skip_overlong_samples:
+            kept, self.skipped_sample_ids = self.encoder.fitting_rows(self.samples, self.conversation)
+            self.samples = self.samples.select(kept)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Word counts as the original estimates them (positive with an image, negative without): a table column."""
+        return table_modality_lengths(self.samples)
+
+    def conversation(self, index: int) -> Conversation:
+        row = self.samples[index]
+        turns = tuple((turn["from"], turn["value"]) for turn in row["conversations"])
+        return Conversation(row["id"], turns, row["image"])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.conversation(index)
-        input_ids, labels = self.encode(sample)
-        item = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}
-        if sample.image is not None:
-            pixels = self.processor.image_processor(self.load_image(sample), return_tensors="pt")["pixel_values"]
-            item["pixel_values"] = pixels
-        return item
+        image = open_image(self.image_folder / sample.image, sample) if sample.image is not None else None
+        return self.encoder.item(sample, image)
 
 
 @dataclass
@@ -308,7 +333,11 @@ class ModalityLengthGroupedSampler(Sampler[int]):
 __all__ = [
     "LazySupervisedDataset",
     "cached_samples",
+    "modality_length",
+    "open_image",
+    "table_modality_lengths",
     "ModalityLengthGroupedSampler",
     "OverlongSampleError",
+    "SampleEncoder",
     "SupervisedCollator",
 ]

@@ -12,8 +12,9 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments, check_argument_combinations
-from .data import LazySupervisedDataset, SupervisedCollator
+from .data import SupervisedCollator
 from .engines import init_deepspeed_communication
+from .hub_data import build_training_dataset
 from .lora import add_lora_adapters, write_base_model_record
 from .model_setup import (
     format_parameter_counts,
@@ -78,15 +79,9 @@ def run_training(
         )
     if training_args.process_index == 0:
         print(f"Parameters per part:\n{format_parameter_counts(parameter_counts(model))}", flush=True)
-    with training_args.main_process_first(desc="checking the training data into its Arrow cache"):
-        dataset = LazySupervisedDataset(
-            data_args.data_path,
-            processor,
-            image_seq_length=model.config.image_seq_length,
-            model_max_length=training_args.model_max_length,
-            version=model_args.version,
-            image_folder=data_args.image_folder,
-            skip_overlong_samples=data_args.skip_overlong_samples,
+    with training_args.main_process_first(desc="checking the training data (and building its Arrow cache)"):
+        dataset = build_training_dataset(
+            data_args, processor, model.config.image_seq_length, training_args, model_args.version
         )
     trainer = MMFuserTrainer(
         model=model,

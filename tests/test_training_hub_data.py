@@ -1,0 +1,161 @@
+"""Training data from 🤗 datasets: TRL's messages/images and LLaVA's layout with embedded pictures, from a save_to_disk
+folder or parquet files, map-style or streamed, give the JSON path's items and losses; bad rows are named."""
+
+import json
+
+import datasets
+import pytest
+import torch
+
+from modeling_mmfuser_llava.training.conversation import InvalidSampleError
+from modeling_mmfuser_llava.training.data import LazySupervisedDataset, SampleEncoder
+from modeling_mmfuser_llava.training.hub_data import (
+    HubSupervisedDataset,
+    RowFormat,
+    StreamingSupervisedDataset,
+    load_hub_dataset,
+)
+from training_support import (  # noqa: F401  (fixtures)
+    instructions,
+    losses,
+    tiny_checkpoint,
+    train,
+    training_argv,
+)
+
+IMAGE_SEQ_LENGTH = 64
+ROLES = {"human": "user", "gpt": "assistant"}
+
+
+def embedded(path):
+    return {"bytes": path.read_bytes(), "path": None}
+
+
+def llava_rows(data_path):
+    """The JSON's records with their pictures embedded (an Image feature), as LLaVA datasets on the Hub hold them."""
+    records = json.loads(data_path.read_text())
+    images = [embedded(data_path.parent / "images" / record["image"]) if "image" in record else None
+              for record in records]
+    features = datasets.Features({
+        "id": datasets.Value("string"),
+        "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}],
+        "image": datasets.Image(),
+    })
+    return datasets.Dataset.from_dict({"id": [r["id"] for r in records],
+                                       "conversations": [r["conversations"] for r in records], "image": images},
+                                      features=features)
+
+
+def trl_rows(data_path):
+    """The JSON's records in TRL's VLM format: chat messages with image parts, and a list of pictures per row."""
+    messages, images = [], []
+    for record in json.loads(data_path.read_text()):
+        turns = []
+        for turn in record["conversations"]:
+            text = turn["value"].replace("<image>", "").strip()
+            content = [{"type": "text", "text": text, "image": None}]
+            if "<image>" in turn["value"]:
+                content = [{"type": "image", "text": None, "image": None}, *content]
+            turns.append({"role": ROLES[turn["from"]], "content": content})
+        messages.append(turns)
+        images.append([embedded(data_path.parent / "images" / record["image"])] if "image" in record else [])
+    return datasets.Dataset.from_dict({"messages": messages, "images": images}).cast_column(
+        "images", datasets.List(datasets.Image())
+    )
+
+
+def write(rows, folder, how):
+    if how == "save_to_disk":
+        rows.save_to_disk(folder)
+    else:
+        folder.mkdir()
+        rows.to_parquet(folder / "train.parquet")
+    return folder
+
+
+@pytest.fixture
+def processor(tiny_pristine):
+    return tiny_pristine[1]
+
+
+@pytest.fixture
+def json_items(instructions, processor):  # noqa: F811
+    data = LazySupervisedDataset(instructions, processor, IMAGE_SEQ_LENGTH, 512, image_folder=instructions.parent /
+                                 "images")
+    return [data[index] for index in range(len(data))], data.modality_lengths
+
+
+def hub_dataset(folder, processor, streaming=False):
+    samples = load_hub_dataset(str(folder), "train", streaming)
+    row_format = RowFormat(samples.features, str(folder), "v1")
+    encoder = SampleEncoder(processor, IMAGE_SEQ_LENGTH, 512)
+    if streaming:
+        return StreamingSupervisedDataset(samples, row_format, encoder)
+    return HubSupervisedDataset(samples, row_format, encoder)
+
+
+def assert_same_items(ours, reference):
+    assert len(ours) == len(reference)
+    for index, (mine, theirs) in enumerate(zip(ours, reference)):
+        assert mine.keys() == theirs.keys(), index
+        for key in theirs:
+            assert torch.equal(mine[key], theirs[key]), (index, key)
+
+
+@pytest.mark.parametrize(("layout", "how"), [(llava_rows, "save_to_disk"), (trl_rows, "parquet"),
+                                             (trl_rows, "save_to_disk"), (llava_rows, "parquet")])
+def test_each_layout_gives_the_json_paths_items(tmp_path, instructions, processor, json_items, layout, how):  # noqa: F811
+    folder = write(layout(instructions), tmp_path / "dataset", how)
+    items, lengths = json_items
+    data = hub_dataset(folder, processor)
+    assert data.row_format.layout == ("messages" if layout is trl_rows else "conversations")
+    assert_same_items([data[index] for index in range(len(data))], items)
+    assert data.modality_lengths == lengths
+    assert_same_items(list(hub_dataset(folder, processor, streaming=True)), items)
+
+
+@pytest.mark.parametrize("layout", [llava_rows, trl_rows])
+def test_training_on_a_hub_dataset_gives_the_json_paths_losses(tmp_path, tiny_checkpoint, instructions, layout):  # noqa: F811
+    folder = write(layout(instructions), tmp_path / "dataset", "save_to_disk")
+    grouped = ("--group_by_modality_length", "True")
+    json_losses = losses(train(*training_argv(tmp_path / "json", tiny_checkpoint, instructions, *grouped)))
+    argv = training_argv(tmp_path / "hub", tiny_checkpoint, instructions, *grouped)
+    argv[argv.index("--data_path") : argv.index("--data_path") + 2] = ["--dataset_name", str(folder)]
+    assert losses(train(*argv)) == json_losses and len(json_losses) == 4
+
+
+def test_streaming_trains_with_the_json_paths_losses_in_file_order(tmp_path, tiny_checkpoint, instructions):  # noqa: F811
+    folder = write(trl_rows(instructions), tmp_path / "dataset", "parquet")
+    in_order = ("--train_sampling_strategy", "sequential")
+    json_losses = losses(train(*training_argv(tmp_path / "json", tiny_checkpoint, instructions, *in_order)))
+    argv = training_argv(tmp_path / "hub", tiny_checkpoint, instructions, "--streaming", "True")
+    argv[argv.index("--data_path") : argv.index("--data_path") + 2] = ["--dataset_name", str(folder)]
+    assert losses(train(*argv)) == json_losses and len(json_losses) == 4
+    argv[argv.index("--max_steps") + 1] = "-1"
+    with pytest.raises(ValueError, match="--streaming .* give --max_steps"):
+        train(*argv)
+
+
+def test_an_embedded_image_that_does_not_decode_names_its_row(tmp_path, instructions, processor):  # noqa: F811
+    rows = llava_rows(instructions).cast_column("image", datasets.Image(decode=False)).to_list()
+    broken = next(index for index, row in enumerate(rows) if row["image"] is not None and index > 0)
+    rows[broken]["image"] = {"bytes": b"not a picture", "path": None}
+    datasets.Dataset.from_list(rows, features=llava_rows(instructions).features).save_to_disk(tmp_path / "dataset")
+    data = hub_dataset(tmp_path / "dataset", processor)
+    data[broken - 1]
+    with pytest.raises(InvalidSampleError, match=rf"sample '{rows[broken]['id']}' \(row {broken}\): its embedded "
+                                                 "image in 'image' does not decode"):
+        data[broken]
+
+
+def test_an_invalid_row_names_the_dataset_row_and_field(tmp_path, instructions, processor):  # noqa: F811
+    rows = trl_rows(instructions).to_list()
+    rows[3]["messages"][0]["role"] = "system"
+    rows[5]["messages"] = rows[5]["messages"][:1]  # no answer
+    for bad, message in ((3, "role 'system'"), (5, "end with a gpt answer")):
+        good = [row for index, row in enumerate(rows) if index not in (3, 5) or index == bad]
+        folder = tmp_path / f"dataset-{bad}"
+        datasets.Dataset.from_list(good, features=trl_rows(instructions).features).save_to_disk(folder)
+        with pytest.raises(InvalidSampleError, match=message) as error:
+            hub_dataset(folder, processor)
+        assert f"{folder}" in str(error.value) and f"{bad}" in str(error.value) and "'messages'" in str(error.value)
