@@ -159,3 +159,15 @@ def test_an_invalid_row_names_the_dataset_row_and_field(tmp_path, instructions, 
         with pytest.raises(InvalidSampleError, match=message) as error:
             hub_dataset(folder, processor)
         assert f"{folder}" in str(error.value) and f"{bad}" in str(error.value) and "'messages'" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [([], "--data_path .* or --dataset_name"), (["--data_path", "d.json", "--dataset_name", "x"], "one of them"),
+     (["--data_path", "d.json", "--streaming", "True"], "--streaming reads --dataset_name")],
+)
+def test_the_data_arguments_name_one_source(tmp_path, data, message):
+    from modeling_mmfuser_llava.training import parse_arguments
+
+    with pytest.raises(ValueError, match=message):
+        parse_arguments(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "True", *data])
