@@ -84,7 +84,8 @@ def child(loader: str, data_path: str, cache_dir: str) -> None:
         samples = cached_samples(data_path, "v1", cache_dir)
         lengths = table_modality_lengths(samples)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "samples": len(lengths), "before": before, "after": memory()}), flush=True)
+    report = {"seconds": seconds, "cpu_seconds": cpu_seconds, "samples": len(lengths), "before": before}
+    print(json.dumps({**report, "after": memory()}), flush=True)
     sys.stdin.readline()
     if loader != "json.load":  # training reads every row in an epoch: map in every page of the table
         for column in samples.data.table.columns:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from modeling_mmfuser_llava.processing import IMAGE_TOKEN
 from modeling_mmfuser_llava.training import data as data_module
-from modeling_mmfuser_llava.training import run as run_module
+from modeling_mmfuser_llava.training import hub_data
 from modeling_mmfuser_llava.training.conversation import FORMATTERS, InvalidSampleError, encode, parse_record
 from modeling_mmfuser_llava.training.data import LazySupervisedDataset, cached_samples
 from training_support import (  # noqa: F401  (fixtures)
@@ -30,7 +30,8 @@ class JsonLoadDataset(torch.utils.data.Dataset):
     parsed into Python objects, word counts summed per sample."""
 
     def __init__(self, data_path, processor, image_seq_length, model_max_length, version="v1", image_folder=None,
-                 **_):
+                 skip_overlong_samples=False):
+        assert not skip_overlong_samples, "the reference keeps every sample"
         with open(data_path) as file:
             self.samples = [parse_record(record, index, version) for index, record in enumerate(json.load(file))]
         self.processor, self.format, self.image_folder = processor, FORMATTERS[version], Path(image_folder)
@@ -149,6 +150,6 @@ def test_an_invalid_record_names_the_file_entry_id_and_field(tmp_path, suffix):
 def test_training_gives_the_same_losses_as_json_load(tmp_path, monkeypatch, tiny_checkpoint, instructions):
     argv = training_argv(tmp_path / "arrow", tiny_checkpoint, instructions, "--group_by_modality_length", "True")
     arrow_losses = losses(train(*argv))
-    monkeypatch.setattr(run_module, "LazySupervisedDataset", JsonLoadDataset)
+    monkeypatch.setattr(hub_data, "LazySupervisedDataset", JsonLoadDataset)
     argv = training_argv(tmp_path / "json", tiny_checkpoint, instructions, "--group_by_modality_length", "True")
     assert arrow_losses == losses(train(*argv)) and len(arrow_losses) == 4

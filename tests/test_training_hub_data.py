@@ -20,6 +20,7 @@ from training_support import (  # noqa: F401  (fixtures)
     losses,
     tiny_checkpoint,
     train,
+    train_two_processes,
     training_argv,
 )
 
@@ -79,7 +80,7 @@ def processor(tiny_pristine):
 
 
 @pytest.fixture
-def json_items(instructions, processor):  # noqa: F811
+def json_items(instructions, processor):
     data = LazySupervisedDataset(instructions, processor, IMAGE_SEQ_LENGTH, 512, image_folder=instructions.parent /
                                  "images")
     return [data[index] for index in range(len(data))], data.modality_lengths
@@ -104,7 +105,7 @@ def assert_same_items(ours, reference):
 
 @pytest.mark.parametrize(("layout", "how"), [(llava_rows, "save_to_disk"), (trl_rows, "parquet"),
                                              (trl_rows, "save_to_disk"), (llava_rows, "parquet")])
-def test_each_layout_gives_the_json_paths_items(tmp_path, instructions, processor, json_items, layout, how):  # noqa: F811
+def test_each_layout_gives_the_json_paths_items(tmp_path, instructions, processor, json_items, layout, how):
     folder = write(layout(instructions), tmp_path / "dataset", how)
     items, lengths = json_items
     data = hub_dataset(folder, processor)
@@ -115,7 +116,7 @@ def test_each_layout_gives_the_json_paths_items(tmp_path, instructions, processo
 
 
 @pytest.mark.parametrize("layout", [llava_rows, trl_rows])
-def test_training_on_a_hub_dataset_gives_the_json_paths_losses(tmp_path, tiny_checkpoint, instructions, layout):  # noqa: F811
+def test_training_on_a_hub_dataset_gives_the_json_paths_losses(tmp_path, tiny_checkpoint, instructions, layout):
     folder = write(layout(instructions), tmp_path / "dataset", "save_to_disk")
     grouped = ("--group_by_modality_length", "True")
     json_losses = losses(train(*training_argv(tmp_path / "json", tiny_checkpoint, instructions, *grouped)))
@@ -124,7 +125,21 @@ def test_training_on_a_hub_dataset_gives_the_json_paths_losses(tmp_path, tiny_ch
     assert losses(train(*argv)) == json_losses and len(json_losses) == 4
 
 
-def test_streaming_trains_with_the_json_paths_losses_in_file_order(tmp_path, tiny_checkpoint, instructions):  # noqa: F811
+def test_two_processes_train_a_hub_dataset_with_the_json_paths_losses(tmp_path, tiny_checkpoint, instructions):
+    folder = write(llava_rows(instructions), tmp_path / "dataset", "save_to_disk")
+    logged = {}
+    for name in ("json", "hub"):
+        argv = training_argv(tmp_path / name, tiny_checkpoint, instructions, "--group_by_modality_length", "True")
+        if name == "hub":
+            argv[argv.index("--data_path") : argv.index("--data_path") + 2] = ["--dataset_name", str(folder)]
+        result = train_two_processes(*argv)
+        assert result.returncode == 0, result.stderr[-4000:]
+        history = json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"]
+        logged[name] = [entry["loss"] for entry in history if "loss" in entry]
+    assert logged["hub"] == logged["json"] and len(logged["json"]) == 4
+
+
+def test_streaming_trains_with_the_json_paths_losses_in_file_order(tmp_path, tiny_checkpoint, instructions):
     folder = write(trl_rows(instructions), tmp_path / "dataset", "parquet")
     in_order = ("--train_sampling_strategy", "sequential")
     json_losses = losses(train(*training_argv(tmp_path / "json", tiny_checkpoint, instructions, *in_order)))
@@ -136,7 +151,7 @@ def test_streaming_trains_with_the_json_paths_losses_in_file_order(tmp_path, tin
         train(*argv)
 
 
-def test_an_embedded_image_that_does_not_decode_names_its_row(tmp_path, instructions, processor):  # noqa: F811
+def test_an_embedded_image_that_does_not_decode_names_its_row(tmp_path, instructions, processor):
     rows = llava_rows(instructions).cast_column("image", datasets.Image(decode=False)).to_list()
     broken = next(index for index, row in enumerate(rows) if row["image"] is not None and index > 0)
     rows[broken]["image"] = {"bytes": b"not a picture", "path": None}
@@ -148,7 +163,7 @@ def test_an_embedded_image_that_does_not_decode_names_its_row(tmp_path, instruct
         data[broken]
 
 
-def test_an_invalid_row_names_the_dataset_row_and_field(tmp_path, instructions, processor):  # noqa: F811
+def test_an_invalid_row_names_the_dataset_row_and_field(tmp_path, instructions, processor):
     rows = trl_rows(instructions).to_list()
     rows[3]["messages"][0]["role"] = "system"
     rows[5]["messages"] = rows[5]["messages"][:1]  # no answer

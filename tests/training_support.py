@@ -1,6 +1,9 @@
 """Helpers and fixtures shared by the training tests: tiny starting checkpoints, small datasets, run arguments."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +79,19 @@ def training_argv(output_dir: Path, model: Path, data: Path, *extra: str, steps:
         "--seed", "0",
         *extra,
     ]
+
+
+DISTRIBUTED_WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def train_two_processes(*argv: str) -> subprocess.CompletedProcess:
+    """`run_training` on two CPU processes (torchrun, gloo); each writes its weights beside the output folder."""
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(DISTRIBUTED_WORKER), *argv, "--ddp_backend", "gloo"],
+        env=environment, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
 
 
 def train(*argv: str):
