@@ -3,60 +3,29 @@ cache keyed on the file's content that a killed build never leaves half-written,
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from modeling_mmfuser_llava.processing import IMAGE_TOKEN
 from modeling_mmfuser_llava.training import data as data_module
-from modeling_mmfuser_llava.training import hub_data
-from modeling_mmfuser_llava.training.conversation import FORMATTERS, InvalidSampleError, encode, parse_record
+from modeling_mmfuser_llava.training.conversation import InvalidSampleError
 from modeling_mmfuser_llava.training.data import LazySupervisedDataset, cached_samples
 from training_support import (  # noqa: F401  (fixtures)
+    JsonLoadDataset,
     instructions,
     losses,
     tiny_checkpoint,
     train,
     training_argv,
+    use_json_load,
 )
 
 IMAGE_SEQ_LENGTH = 64
-
-
-class JsonLoadDataset(torch.utils.data.Dataset):
-    """The loader the Arrow cache replaced, as an independent reference: `json.load` of the whole file, every entry
-    parsed into Python objects, word counts summed per sample."""
-
-    def __init__(self, data_path, processor, image_seq_length, model_max_length, version="v1", image_folder=None,
-                 skip_overlong_samples=False):
-        assert not skip_overlong_samples, "the reference keeps every sample"
-        with open(data_path) as file:
-            self.samples = [parse_record(record, index, version) for index, record in enumerate(json.load(file))]
-        self.processor, self.format, self.image_folder = processor, FORMATTERS[version], Path(image_folder)
-        self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.image_seq_length, self.model_max_length = image_seq_length, model_max_length
-
-    def __len__(self):
-        return len(self.samples)
-
-    @property
-    def modality_lengths(self):
-        return [(1 if sample.image else -1) * max(sum(len(text.split()) for _, text in sample.turns), 1)
-                for sample in self.samples]
-
-    def __getitem__(self, index):
-        sample = self.samples[index]
-        input_ids, labels = encode(self.format(sample), self.processor.tokenizer, self.image_token_id,
-                                   self.image_seq_length)
-        item = {"input_ids": torch.tensor(input_ids[: self.model_max_length]),
-                "labels": torch.tensor(labels[: self.model_max_length])}
-        if sample.image is not None:
-            with Image.open(self.image_folder / sample.image) as image:
-                item["pixel_values"] = self.processor.image_processor(image.convert("RGB"),
-                                                                      return_tensors="pt")["pixel_values"]
-        return item
 
 
 @pytest.fixture
@@ -92,13 +61,17 @@ def test_every_sample_matches_json_load_and_the_lengths_too(instructions, proces
     assert_same_items(again, reference)
 
 
-def test_jsonl_gives_the_same_samples(instructions, processor, tmp_path):
-    records = json.loads(instructions.read_text())
-    jsonl = instructions.parent / "data.jsonl"
-    jsonl.write_text("".join(json.dumps(record) + "\n" for record in records) + "\n")
-    ours = arrow_dataset(jsonl, processor, tmp_path / "cache")
+@pytest.fixture(scope="module")
+def instructions_jsonl(instructions):
+    """The same samples as JSONL (one a line, a blank line at the end), beside data.json and its images."""
+    jsonl = instructions.with_suffix(".jsonl")
+    jsonl.write_text("".join(json.dumps(record) + "\n" for record in json.loads(instructions.read_text())) + "\n")
+    return jsonl
+
+
+def test_jsonl_gives_the_same_samples(instructions, instructions_jsonl, processor, tmp_path):
+    ours = arrow_dataset(instructions_jsonl, processor, tmp_path / "cache")
     assert_same_items(ours, arrow_dataset(instructions, processor, tmp_path / "cache"))
-    jsonl.unlink()
 
 
 def test_the_cache_is_keyed_on_the_files_content(tmp_path):
@@ -133,6 +106,50 @@ def test_a_killed_build_leaves_no_cache_that_a_later_run_reads(tmp_path, monkeyp
     assert len(cached_samples(path, "v1", tmp_path / "cache")) == 3
 
 
+KILLED_BUILD = """
+import sys, time
+from pathlib import Path
+from modeling_mmfuser_llava.training import data
+
+data.BUILD_BATCH = 2
+checked_rows = data.checked_rows
+
+
+def rows_then_hang(data_path, version):
+    for index, row in enumerate(checked_rows(data_path, version)):
+        if index == 5:  # two batches are written: the build is half-way
+            Path(sys.argv[3]).touch()
+            time.sleep(600)
+        yield row
+
+
+data.checked_rows = rows_then_hang
+data.cached_samples(sys.argv[1], "v1", sys.argv[2])
+"""
+
+
+def test_a_build_killed_by_sigkill_leaves_no_cache_that_a_later_run_trusts(tmp_path):
+    records = [{"id": f"s{index}", "conversations": [{"from": "human", "value": "q"},
+                                                      {"from": "gpt", "value": f"answer {index}"}]}
+               for index in range(8)]
+    path, cache, halfway = tmp_path / "data.json", tmp_path / "cache", tmp_path / "halfway"
+    path.write_text(json.dumps(records))
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    build = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(path), str(cache), str(halfway)],
+                             env=environment, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not halfway.exists() and build.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert halfway.exists(), "the build did not get half-way"
+    finally:
+        os.kill(build.pid, signal.SIGKILL)
+        build.wait(timeout=60)
+    assert any(cache.glob("*/" + data_module.TABLE_FILE))  # the half-written table is on disk, but only staged
+    samples = cached_samples(path, "v1", cache)
+    assert [row["conversations"][1]["value"] for row in samples] == [f"answer {index}" for index in range(8)]
+
+
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 def test_an_invalid_record_names_the_file_entry_id_and_field(tmp_path, suffix):
     good = {"id": "good", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
@@ -147,9 +164,12 @@ def test_an_invalid_record_names_the_file_entry_id_and_field(tmp_path, suffix):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
-def test_training_gives_the_same_losses_as_json_load(tmp_path, monkeypatch, tiny_checkpoint, instructions):
-    argv = training_argv(tmp_path / "arrow", tiny_checkpoint, instructions, "--group_by_modality_length", "True")
+@pytest.mark.parametrize("layout", ["json", "jsonl"])
+def test_training_gives_the_same_losses_as_json_load(tmp_path, monkeypatch, tiny_checkpoint, instructions,
+                                                     instructions_jsonl, layout):
+    data_path = instructions_jsonl if layout == "jsonl" else instructions
+    argv = training_argv(tmp_path / "arrow", tiny_checkpoint, data_path, "--group_by_modality_length", "True")
     arrow_losses = losses(train(*argv))
-    monkeypatch.setattr(hub_data, "LazySupervisedDataset", JsonLoadDataset)
+    use_json_load(monkeypatch)
     argv = training_argv(tmp_path / "json", tiny_checkpoint, instructions, "--group_by_modality_length", "True")
     assert arrow_losses == losses(train(*argv)) and len(arrow_losses) == 4

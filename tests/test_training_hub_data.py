@@ -112,7 +112,8 @@ def test_each_layout_gives_the_json_paths_items(tmp_path, instructions, processo
     assert data.row_format.layout == ("messages" if layout is trl_rows else "conversations")
     assert_same_items([data[index] for index in range(len(data))], items)
     assert data.modality_lengths == lengths
-    assert_same_items(list(hub_dataset(folder, processor, streaming=True)), items)
+    streamed = hub_dataset(folder, processor, streaming=True)
+    assert_same_items([streamed.encode(row) for row in streamed], items)
 
 
 @pytest.mark.parametrize("layout", [llava_rows, trl_rows])
@@ -120,31 +121,46 @@ def test_training_on_a_hub_dataset_gives_the_json_paths_losses(tmp_path, tiny_ch
     folder = write(layout(instructions), tmp_path / "dataset", "save_to_disk")
     grouped = ("--group_by_modality_length", "True")
     json_losses = losses(train(*training_argv(tmp_path / "json", tiny_checkpoint, instructions, *grouped)))
-    argv = training_argv(tmp_path / "hub", tiny_checkpoint, instructions, *grouped)
-    argv[argv.index("--data_path") : argv.index("--data_path") + 2] = ["--dataset_name", str(folder)]
+    argv = data_source(training_argv(tmp_path / "hub", tiny_checkpoint, instructions, *grouped), folder)
     assert losses(train(*argv)) == json_losses and len(json_losses) == 4
 
 
-def test_two_processes_train_a_hub_dataset_with_the_json_paths_losses(tmp_path, tiny_checkpoint, instructions):
-    folder = write(llava_rows(instructions), tmp_path / "dataset", "save_to_disk")
+def data_source(argv: list[str], folder) -> list[str]:
+    """The run's arguments with `--dataset_name folder` in place of `--data_path`."""
+    at = argv.index("--data_path")
+    return [*argv[:at], "--dataset_name", str(folder), *argv[at + 2 :]]
+
+
+def test_two_processes_train_each_source_with_json_loads_losses(tmp_path, tiny_checkpoint, instructions):
+    """Under DDP: the Arrow-cached JSON and a hub dataset give the loss sequence of json.load (grouped), and a stream
+    sharded across the processes gives that of the JSON read in order."""
+    hub_folder = write(llava_rows(instructions), tmp_path / "hub", "save_to_disk")
+    stream_folder = write(trl_rows(instructions), tmp_path / "stream", "parquet")
+    grouped, in_order = ("--group_by_modality_length", "True"), ("--train_sampling_strategy", "sequential")
+    runs = {
+        "json.load": ([*grouped], None, True),
+        "arrow": ([*grouped], None, False),
+        "hub": ([*grouped], hub_folder, False),
+        "in order": ([*in_order], None, False),
+        "streamed": (["--streaming", "True"], stream_folder, False),
+    }
     logged = {}
-    for name in ("json", "hub"):
-        argv = training_argv(tmp_path / name, tiny_checkpoint, instructions, "--group_by_modality_length", "True")
-        if name == "hub":
-            argv[argv.index("--data_path") : argv.index("--data_path") + 2] = ["--dataset_name", str(folder)]
-        result = train_two_processes(*argv)
-        assert result.returncode == 0, result.stderr[-4000:]
+    for name, (extra, folder, json_load) in runs.items():
+        argv = training_argv(tmp_path / name, tiny_checkpoint, instructions, *extra)
+        result = train_two_processes(*(data_source(argv, folder) if folder else argv), json_load=json_load)
+        assert result.returncode == 0, (name, result.stderr[-4000:])
         history = json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"]
         logged[name] = [entry["loss"] for entry in history if "loss" in entry]
-    assert logged["hub"] == logged["json"] and len(logged["json"]) == 4
+    assert logged["arrow"] == logged["json.load"] == logged["hub"] and len(logged["json.load"]) == 4
+    assert logged["streamed"] == logged["in order"] and len(logged["in order"]) == 4
+    assert logged["in order"] != logged["json.load"]
 
 
 def test_streaming_trains_with_the_json_paths_losses_in_file_order(tmp_path, tiny_checkpoint, instructions):
     folder = write(trl_rows(instructions), tmp_path / "dataset", "parquet")
     in_order = ("--train_sampling_strategy", "sequential")
     json_losses = losses(train(*training_argv(tmp_path / "json", tiny_checkpoint, instructions, *in_order)))
-    argv = training_argv(tmp_path / "hub", tiny_checkpoint, instructions, "--streaming", "True")
-    argv[argv.index("--data_path") : argv.index("--data_path") + 2] = ["--dataset_name", str(folder)]
+    argv = data_source(training_argv(tmp_path / "hub", tiny_checkpoint, instructions, "--streaming", "True"), folder)
     assert losses(train(*argv)) == json_losses and len(json_losses) == 4
     argv[argv.index("--max_steps") + 1] = "-1"
     with pytest.raises(ValueError, match="--streaming .* give --max_steps"):

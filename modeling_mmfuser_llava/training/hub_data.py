@@ -10,7 +10,8 @@ labels and masking.
 """
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -23,7 +24,7 @@ from transformers import LlavaProcessor
 
 from ..processing import IMAGE_TOKEN
 from .conversation import GPT, HUMAN, Conversation, InvalidSampleError, parse_record
-from .data import LazySupervisedDataset, SampleEncoder, modality_length, open_image
+from .data import LazySupervisedDataset, SampleEncoder, SupervisedCollator, modality_length, open_image
 
 ROLES = {"user": HUMAN, "assistant": GPT}
 DEFAULT_COLUMNS = {"messages": "images", "conversations": "image"}  # conversation column -> its image column
@@ -188,12 +189,22 @@ class HubSupervisedDataset(Dataset):
         return self.encoder.item(sample, self.row_format.image(row, row_index, sample, self.image_folder))
 
 
+@dataclass(frozen=True)
+class StreamedRow:
+    """A streamed row, checked but not yet tokenized nor its picture decoded (see `StreamingSupervisedDataset`)."""
+
+    row: dict
+    index: int
+    sample: Conversation
+
+
 class StreamingSupervisedDataset(IterableDataset):
     """A streamed 🤗 dataset, formatted and masked as the map-style one, each row checked as it is read.
 
-    Not split here: the Trainer's accelerate dataloader shards an iterable (by default the main process reads and
-    dispatches the batches; with `--accelerator_config '{"dispatch_batches": false}'` every process reads and keeps
-    its share), so splitting it by node as well would drop data.
+    Under several processes each one reads the stream and keeps its share of every step's rows (accelerate's
+    `IterableDatasetShard`; `dispatch_batches` is off, since the main process cannot concatenate and slice batches
+    of differently padded ids and of one picture per image sample). So that a process tokenizes and decodes only
+    the rows it trains on, items are `StreamedRow`s, encoded after the sharding by `StreamingCollator`.
     """
 
     def __init__(self, samples: datasets.IterableDataset, row_format: RowFormat, encoder: SampleEncoder,
@@ -203,12 +214,30 @@ class StreamingSupervisedDataset(IterableDataset):
         samples = samples.select_columns(row_format.columns)
         self.samples = samples.cast(datasets.Features({name: undecoded(f) for name, f in samples.features.items()}))
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[StreamedRow]:
         for index, row in enumerate(self.samples):
-            sample = self.row_format.conversation(row, index)
-            yield self.encoder.item(sample, self.row_format.image(row, index, sample, self.image_folder))
+            yield StreamedRow(row, index, self.row_format.conversation(row, index))
+
+    def encode(self, streamed: StreamedRow) -> dict[str, torch.Tensor]:
+        image = self.row_format.image(streamed.row, streamed.index, streamed.sample, self.image_folder)
+        return self.encoder.item(streamed.sample, image)
 
 
+@dataclass
+class StreamingCollator(SupervisedCollator):
+    """Encodes a process's share of streamed rows, then pads and stacks them as `SupervisedCollator`."""
+
+    encode: Callable[[StreamedRow], dict[str, torch.Tensor]] | None = None
+
+    def __call__(self, items: list[StreamedRow]) -> dict[str, torch.Tensor]:
+        return super().__call__([self.encode(item) for item in items])
+
+
+def training_collator(dataset: Dataset | IterableDataset, pad_token_id: int) -> SupervisedCollator:
+    """The collator for a dataset of `build_training_dataset`."""
+    if isinstance(dataset, StreamingSupervisedDataset):
+        return StreamingCollator(pad_token_id, dataset.encode)
+    return SupervisedCollator(pad_token_id)
 
 
 def build_training_dataset(
@@ -233,13 +262,20 @@ def build_training_dataset(
     if training_args.group_by_modality_length or data_args.skip_overlong_samples:
         raise ValueError("--group_by_modality_length and --skip_overlong_samples need the whole dataset: drop "
                          "--streaming")
+    if training_args.accelerator_config.dispatch_batches:
+        raise ValueError("--streaming: every process reads the stream and keeps its share; drop dispatch_batches "
+                         "from --accelerator_config")
+    training_args.accelerator_config.dispatch_batches = False
     return StreamingSupervisedDataset(samples, row_format, encoder, data_args.image_folder)
 
 
 __all__ = [
     "HubSupervisedDataset",
     "RowFormat",
+    "StreamedRow",
+    "StreamingCollator",
     "StreamingSupervisedDataset",
     "build_training_dataset",
     "load_hub_dataset",
+    "training_collator",
 ]

@@ -12,9 +12,8 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments, check_argument_combinations
-from .data import SupervisedCollator
 from .engines import init_deepspeed_communication
-from .hub_data import build_training_dataset
+from .hub_data import build_training_dataset, training_collator
 from .lora import add_lora_adapters, write_base_model_record
 from .model_setup import (
     format_parameter_counts,
@@ -87,7 +86,7 @@ def run_training(
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=SupervisedCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        data_collator=training_collator(dataset, processor.tokenizer.pad_token_id),
         processing_class=processor,
         mm_adapter_only=model_args.tune_mm_mlp_adapter,
     )
