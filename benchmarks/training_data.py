@@ -27,6 +27,7 @@ from pathlib import Path
 WORDS = ("the", "a", "shape", "picture", "red", "circle", "shows", "of", "in", "and", "what", "colour", "many",
          "there", "image", "describe", "detail", "person", "table", "street", "two", "left", "right", "is", "are")
 SPLIT_TEXT_ONLY = 16
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def words(rng: random.Random, low: int, high: int) -> str:
@@ -100,7 +101,7 @@ def child(loader: str, data_path: str, cache_dir: str) -> None:
 
 def run_children(loader: str, data_path: Path, cache_dir: Path, processes: int) -> list[dict]:
     command = [sys.executable, "-m", "benchmarks.training_data", "--child", loader, str(data_path), str(cache_dir)]
-    children = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    children = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
                 for _ in range(processes)]
     reports = [json.loads(process.stdout.readline()) for process in children]
     for _ in range(2):  # every process reads the whole table, then every process reports its memory
@@ -163,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
               "read: extra anonymous | extra Pss | extra RSS |")
         print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
-        print(f"first build / today's load: {build[0]['seconds'] / old[0]['seconds']:.2f}x; load average after "
-              f"{os.getloadavg()[0]:.1f}")
+        print(f"first build / today's load: {build[0]['cpu_seconds'] / old[0]['cpu_seconds']:.2f}x CPU, "
+              f"{build[0]['seconds'] / old[0]['seconds']:.2f}x wall; load average after {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.training_data import SPLIT_TEXT_ONLY, main, write_mix_file
 from modeling_mmfuser_llava.training import data as data_module
-from modeling_mmfuser_llava.training.conversation import InvalidSampleError
+from modeling_mmfuser_llava.training.conversation import InvalidSampleError, parse_record
 from modeling_mmfuser_llava.training.data import LazySupervisedDataset, cached_samples
 from training_support import (  # noqa: F401  (fixtures)
     JsonLoadDataset,
@@ -173,3 +174,14 @@ def test_training_gives_the_same_losses_as_json_load(tmp_path, monkeypatch, tiny
     use_json_load(monkeypatch)
     argv = training_argv(tmp_path / "json", tiny_checkpoint, instructions, "--group_by_modality_length", "True")
     assert arrow_losses == losses(train(*argv)) and len(arrow_losses) == 4
+
+
+def test_the_benchmark_file_has_the_mixs_layout_and_every_loader_gets_a_row(tmp_path, capsys):
+    write_mix_file(tmp_path / "mix.json", 160)
+    samples = [parse_record(record, index, "v1")
+               for index, record in enumerate(json.loads((tmp_path / "mix.json").read_text()))]
+    assert sum(sample.image is None for sample in samples) == 160 // SPLIT_TEXT_ONLY
+    assert {len(sample.turns) // 2 for sample in samples} == set(range(1, 9))
+    assert main(["--samples", "32", "--processes", "2", "--folder", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| today", "| Arrow"))]
+    assert len(rows) == 4 and all(line.count("|") == 10 for line in rows)
