@@ -202,3 +202,12 @@ def test_the_data_arguments_name_one_source(tmp_path, data, message):
 
     with pytest.raises(ValueError, match=message):
         parse_arguments(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "True", *data])
+
+
+def test_a_dataset_with_embedded_pictures_is_read_in_place_not_copied(tmp_path, instructions, processor):
+    folder = write(llava_rows(instructions), tmp_path / "dataset", "save_to_disk")
+    files = sorted(folder.rglob("*"))
+    data = hub_dataset(folder, processor)
+    data[1]
+    assert sorted(folder.rglob("*")) == files
+    assert data.samples.cache_files == [{"filename": str(path)} for path in files if path.suffix == ".arrow"]

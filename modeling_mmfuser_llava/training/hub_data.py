@@ -43,15 +43,6 @@ def load_hub_dataset(name: str, split: str, streaming: bool = False) -> datasets
     return datasets.load_dataset(name, split=split, streaming=streaming)
 
 
-def undecoded(feature):
-    """The feature with its pictures left as bytes/paths, so that a picture that does not decode names its row."""
-    if isinstance(feature, datasets.Image):
-        return datasets.Image(decode=False)
-    if isinstance(feature, datasets.List):
-        return datasets.List(undecoded(feature.feature))
-    return feature
-
-
 class RowFormat:
     """How one layout's rows become LLaVA records: the columns to read and the conversion, detected from columns."""
 
@@ -160,8 +151,10 @@ class HubSupervisedDataset(Dataset):
         self.row_format, self.encoder = row_format, encoder
         self.image_folder = Path(image_folder) if image_folder is not None else None
         samples = samples.select_columns(row_format.columns)
-        self.samples = samples.cast(datasets.Features({name: undecoded(f) for name, f in samples.features.items()}))
-        text = self.samples.select_columns([name for name in row_format.columns if name != row_format.image_column])
+        # Rows read as stored (pictures as bytes/paths, decoded by `RowFormat.image` to name a bad one's row): a
+        # cast to undecoded Image features would copy the whole dataset, pictures included, into its cache.
+        self.samples = samples.with_format("arrow")
+        text = samples.select_columns([name for name in row_format.columns if name != row_format.image_column])
         self.lengths = [
             modality_length(row_format.conversation(row, index, image_count))
             for index, (row, image_count) in enumerate(zip(text, row_format.image_counts(self.samples)))
@@ -179,12 +172,15 @@ class HubSupervisedDataset(Dataset):
     def modality_lengths(self) -> list[int]:
         return self.lengths
 
+    def row(self, index: int) -> dict:
+        return self.samples[index].to_pylist()[0]
+
     def conversation(self, index: int) -> Conversation:
-        return self.row_format.conversation(self.samples[index], index)
+        return self.row_format.conversation(self.row(index), index)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row_index = self.rows[index]
-        row = self.samples[row_index]
+        row = self.row(row_index)
         sample = self.row_format.conversation(row, row_index)
         return self.encoder.item(sample, self.row_format.image(row, row_index, sample, self.image_folder))
 
@@ -211,8 +207,7 @@ class StreamingSupervisedDataset(IterableDataset):
                  image_folder: str | Path | None = None):
         self.row_format, self.encoder = row_format, encoder
         self.image_folder = Path(image_folder) if image_folder is not None else None
-        samples = samples.select_columns(row_format.columns)
-        self.samples = samples.cast(datasets.Features({name: undecoded(f) for name, f in samples.features.items()}))
+        self.samples = samples.select_columns(row_format.columns).decode(False)
 
     def __iter__(self) -> Iterator[StreamedRow]:
         for index, row in enumerate(self.samples):
@@ -227,7 +222,7 @@ class StreamingSupervisedDataset(IterableDataset):
 class StreamingCollator(SupervisedCollator):
     """Encodes a process's share of streamed rows, then pads and stacks them as `SupervisedCollator`."""
 
-    encode: Callable[[StreamedRow], dict[str, torch.Tensor]] | None = None
+    encode: Callable[[StreamedRow], dict[str, torch.Tensor]]
 
     def __call__(self, items: list[StreamedRow]) -> dict[str, torch.Tensor]:
         return super().__call__([self.encode(item) for item in items])
