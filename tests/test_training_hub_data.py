@@ -132,8 +132,9 @@ def data_source(argv: list[str], folder) -> list[str]:
 
 
 def test_two_processes_train_each_source_with_json_loads_losses(tmp_path, tiny_checkpoint, instructions):
-    """Under DDP: the Arrow-cached JSON and a hub dataset give the loss sequence of json.load (grouped), and a stream
-    sharded across the processes gives that of the JSON read in order."""
+    """Under DDP: the Arrow-cached JSON (built by the main process alone, into a fresh cache, then memory-mapped by
+    the other) and a hub dataset give the loss sequence of json.load (grouped), and a stream sharded across the
+    processes gives that of the JSON read in order."""
     hub_folder = write(llava_rows(instructions), tmp_path / "hub", "save_to_disk")
     stream_folder = write(trl_rows(instructions), tmp_path / "stream", "parquet")
     grouped, in_order = ("--group_by_modality_length", "True"), ("--train_sampling_strategy", "sequential")
@@ -147,10 +148,13 @@ def test_two_processes_train_each_source_with_json_loads_losses(tmp_path, tiny_c
     logged = {}
     for name, (extra, folder, json_load) in runs.items():
         argv = training_argv(tmp_path / name, tiny_checkpoint, instructions, *extra)
-        result = train_two_processes(*(data_source(argv, folder) if folder else argv), json_load=json_load)
+        fresh_cache = {"builds": tmp_path, "datasets_cache": tmp_path / "cache"} if name == "arrow" else {}
+        result = train_two_processes(*(data_source(argv, folder) if folder else argv), json_load=json_load,
+                                     **fresh_cache)
         assert result.returncode == 0, (name, result.stderr[-4000:])
         history = json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"]
         logged[name] = [entry["loss"] for entry in history if "loss" in entry]
+    assert sorted(marker.name for marker in tmp_path.glob("built-by-rank*")) == ["built-by-rank0"]
     assert logged["arrow"] == logged["json.load"] == logged["hub"] and len(logged["json.load"]) == 4
     assert logged["streamed"] == logged["in order"] and len(logged["in order"]) == 4
     assert logged["in order"] != logged["json.load"]

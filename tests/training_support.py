@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from transformers import CLIPVisionModel, LlamaForCausalLM, LlamaTokenizer
 from modeling_mmfuser_llava.demo import write_tiny_hub_folder
 from modeling_mmfuser_llava.processing import IMAGE_TOKEN
 from modeling_mmfuser_llava.tiny import build_tiny_model, train_tiny_sentencepiece
-from modeling_mmfuser_llava.training import hub_data, make_synthetic_dataset, parse_arguments, run_training
+from modeling_mmfuser_llava.training import data, hub_data, make_synthetic_dataset, parse_arguments, run_training
 from modeling_mmfuser_llava.training.conversation import FORMATTERS, encode, parse_record
 
 
@@ -121,19 +122,39 @@ DISTRIBUTED_WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
 JSON_LOAD_VARIABLE = "MMFUSER_TEST_JSON_LOAD"  # set: the distributed worker reads --data_path with JsonLoadDataset
+BUILDS_VARIABLE = "MMFUSER_TEST_CACHE_BUILDS"  # a folder: each worker that writes an Arrow cache marks it there
 
 
-def train_two_processes(*argv: str, json_load: bool = False) -> subprocess.CompletedProcess:
+def train_two_processes(*argv: str, json_load: bool = False, builds: Path | None = None,
+                        datasets_cache: Path | None = None) -> subprocess.CompletedProcess:
     """`run_training` on two CPU processes (torchrun, gloo); each writes its weights beside the output folder.
-    `json_load`: read `--data_path` with the reference loader, as before the Arrow cache."""
+    `json_load`: read `--data_path` with the reference loader, as before the Arrow cache; `builds`: a folder where
+    each process that builds an Arrow cache writes `built-by-rank<N>`; `datasets_cache`: their HF_DATASETS_CACHE."""
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     if json_load:
         environment[JSON_LOAD_VARIABLE] = "1"
+    if builds is not None:
+        environment[BUILDS_VARIABLE] = str(builds)
+    if datasets_cache is not None:
+        environment["HF_DATASETS_CACHE"] = str(datasets_cache)
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(DISTRIBUTED_WORKER), *argv, "--ddp_backend", "gloo"],
         env=environment, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
     )
+
+
+def mark_cache_builds(patch, marker: Path) -> None:
+    """Touch `marker` whenever this process writes an Arrow cache, and make the build slow, so that a process that
+    does not wait for another's build starts its own (`patch`: a pytest MonkeyPatch)."""
+    write_table = data.write_table
+
+    def marked(rows, path):
+        marker.touch()
+        time.sleep(5)
+        return write_table(rows, path)
+
+    patch.setattr(data, "write_table", marked)
 
 
 def use_json_load(patch) -> None:
