@@ -72,6 +72,23 @@ def plain_llava_with_same_weights(model: MMFuserLlavaForConditionalGeneration) -
     return llava
 
 
+@pytest.fixture(scope="session", autouse=True)
+def datasets_cache(tmp_path_factory):
+    """The datasets cache (where training data is checked into Arrow tables) in a temporary folder, never the
+    user's; distributed workers inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("hf_datasets_cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HF_DATASETS_CACHE", str(folder))
+    try:
+        import datasets
+    except ImportError:  # the model's tests run without the train extra
+        pass
+    else:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", folder)
+    yield folder
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_pristine():
     """The tiny model exactly as the factory builds it (gates at zero) and its processor. Do not modify: copy."""

@@ -1,30 +1,23 @@
 """Two CPU processes (torchrun, gloo): the ranks end with the same weights, and the saved model reloads."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import torch
 from safetensors.torch import load_file
 
 from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
-from training_support import instructions, tiny_checkpoint, training_argv, weights  # noqa: F401  (fixtures)
-
-WORKER = Path(__file__).with_name("distributed_worker.py")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from training_support import (  # noqa: F401  (fixtures)
+    instructions,
+    tiny_checkpoint,
+    train_two_processes,
+    training_argv,
+    weights,
+)
 
 
 def test_two_processes_agree_and_save_a_loadable_model(tmp_path, tiny_checkpoint, instructions):
     output = tmp_path / "ddp"
-    argv = training_argv(output, tiny_checkpoint, instructions, "--ddp_backend", "gloo",
-                         "--group_by_modality_length", "True", "--activation_checkpointing", "True", steps=4)
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-         *argv],
-        env=environment, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-    )
+    argv = training_argv(output, tiny_checkpoint, instructions, "--group_by_modality_length", "True",
+                         "--activation_checkpointing", "True", steps=4)
+    result = train_two_processes(*argv)
     assert result.returncode == 0, result.stderr[-4000:]
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     start = weights(tiny_checkpoint)

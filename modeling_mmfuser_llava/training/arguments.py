@@ -98,7 +98,33 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str = field(metadata={"help": "LLaVA-format JSON list of {id, image, conversations}."})
+    data_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "LLaVA-format JSON list of {id, image, conversations}, or JSONL (one sample a line). Checked once "
+            "into an Arrow table under the datasets cache (keyed on the file's sha256), which every process "
+            "memory-maps."
+        }
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of --data_path: a 🤗 dataset (Hub id, save_to_disk folder, or folder of parquet files) in "
+            "TRL's VLM format (messages + images) or LLaVA's (id, conversations, image), told apart by its columns; "
+            "pictures embedded or paths under --image_folder."
+        },
+    )
+    dataset_split: str = field(default="train", metadata={"help": "The split of --dataset_name to train on."})
+    messages_column: str | None = field(
+        default=None, metadata={"help": "Conversation column of --dataset_name (default: messages or conversations)."}
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "Picture column of --dataset_name (default: images for messages, else image)."}
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream --dataset_name (an IterableDataset; needs --max_steps; no grouping or skipping)."},
+    )
     image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' image paths are under."})
     image_aspect_ratio: Literal["pad", "square"] = field(
         default="pad",
@@ -115,6 +141,12 @@ class DataArguments:
     lazy_preprocess: bool = field(
         default=True, metadata={"help": "Accepted for the original scripts: samples are always processed lazily."}
     )
+
+    def __post_init__(self):
+        if (self.data_path is None) == (self.dataset_name is None):
+            raise ValueError("give the training data as --data_path (LLaVA JSON/JSONL) or --dataset_name, one of them")
+        if self.streaming and self.dataset_name is None:
+            raise ValueError("--streaming reads --dataset_name; --data_path is memory-mapped from its Arrow cache")
 
 
 @dataclass

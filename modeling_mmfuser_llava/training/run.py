@@ -12,8 +12,8 @@ from transformers import set_seed
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments, check_argument_combinations
 from .checkpoints import incomplete_reason, last_complete_checkpoint
-from .data import LazySupervisedDataset, SupervisedCollator
 from .engines import init_deepspeed_communication
+from .hub_data import build_training_dataset, training_collator
 from .lora import add_lora_adapters, write_base_model_record
 from .model_setup import (
     format_parameter_counts,
@@ -81,20 +81,15 @@ def run_training(
         )
     if training_args.process_index == 0:
         print(f"Parameters per part:\n{format_parameter_counts(parameter_counts(model))}", flush=True)
-    dataset = LazySupervisedDataset(
-        data_args.data_path,
-        processor,
-        image_seq_length=model.config.image_seq_length,
-        model_max_length=training_args.model_max_length,
-        version=model_args.version,
-        image_folder=data_args.image_folder,
-        skip_overlong_samples=data_args.skip_overlong_samples,
-    )
+    with training_args.main_process_first(desc="checking the training data (and building its Arrow cache)"):
+        dataset = build_training_dataset(
+            data_args, processor, model.config.image_seq_length, training_args, model_args.version
+        )
     trainer = MMFuserTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=SupervisedCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        data_collator=training_collator(dataset, processor.tokenizer.pad_token_id),
         processing_class=processor,
         mm_adapter_only=model_args.tune_mm_mlp_adapter,
     )
