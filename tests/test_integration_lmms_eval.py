@@ -16,6 +16,7 @@ from isolated_venv import cached_venv, run_as_user
 
 from modeling_mmfuser_llava.demo import TRAINED_TINY_MODEL, write_trained_tiny_hub_folder
 from modeling_mmfuser_llava.experiment.evaluation import answers_by_id, score
+from modeling_mmfuser_llava.grounding import format_box, to_padded_square_box
 from modeling_mmfuser_llava.integrations.lmms_eval import MODEL_NAME, TASKS_DIR
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,9 @@ CLONE = Path(__file__).resolve().parent.parent
 TASK = "mmfuser_finegrained"
 TASK_DIR = TASKS_DIR / TASK
 LMMS_EVAL_TIMEOUT_SECONDS = 600
+# LLaVA-1.5's questions, as the plugin's RefCOCO tasks must ask them.
+REC_QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: "
+REGION_CAPTION_QUESTION = "Please provide a short description for this region: "
 
 
 def eval_requirements() -> list[str]:
@@ -99,3 +103,33 @@ def test_lmms_eval_scores_the_toy_task_as_the_project_evaluation(lmms_eval_pytho
         assert results["coarse_accuracy,none"] == pytest.approx(accuracy["coarse"])
     # The task is a real test: the tiny model gets most questions right, and not all of them.
     assert 0.5 < accuracy["all"] < 1
+
+
+# COCO-like pictures wider and taller than square, each with a small region near an edge: `[width, height, [left,
+# top, box width, box height]]` in pixels, as lmms-eval's RefCOCO data gives them.
+REFCOCO_PICTURES = [[640, 427, [20, 10, 60, 40]], [427, 640, [300, 500, 80, 100]], [500, 333, [400, 250, 90, 70]]]
+
+
+def test_the_refcoco_tasks_ask_and_score_in_the_model_s_frame(lmms_eval_python, tmp_path):
+    """The sixteen region-level tasks and two groups load in lmms-eval; the region-caption question carries the box
+    in the model's (padded-square) frame; a model grounding perfectly in its own frame scores 1 on the plugin's REC
+    task, and 0 where the answer is scored as lmms-eval's stock task scores it (no frame conversion)."""
+    probe = run_as_user(
+        lmms_eval_python, [CLONE / "tests" / "lmms_eval_refcoco_probe.py", json.dumps(REFCOCO_PICTURES)],
+        cwd=tmp_path, timeout=300, installed=True, HF_HOME=str(tmp_path / "hf-home"), HF_DATASETS_OFFLINE="1",
+    )
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+
+    splits = [("refcoco", "val"), ("refcoco", "testA"), ("refcoco", "testB"), ("refcoco+", "val"),
+              ("refcoco+", "testA"), ("refcoco+", "testB"), ("refcocog", "val"), ("refcocog", "test")]
+    assert found["tasks"] == sorted(f"mmfuser_{data}_bbox{kind}_{split}" for data, split in splits
+                                    for kind in ("", "_rec"))
+    assert found["groups"] == ["mmfuser_rec", "mmfuser_region_caption"]
+    assert found["rec_question"] == f"{REC_QUESTION}the thing"
+    assert found["region_caption_questions"] == [
+        REGION_CAPTION_QUESTION + format_box(to_padded_square_box(
+            (left / width, top / height, (left + box_width) / width, (top + box_height) / height), width, height))
+        for width, height, (left, top, box_width, box_height) in REFCOCO_PICTURES
+    ]
+    assert found["plugin_precision"] == 1
+    assert found["stock_precision"] == 0
