@@ -1,5 +1,7 @@
 """Boxes between the picture's frame and the model's: the processor's own padding, pixel for pixel."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +16,7 @@ from modeling_mmfuser_llava.grounding import (
     to_padded_square_box,
 )
 from modeling_mmfuser_llava.processing import build_image_processor
+from modeling_mmfuser_llava.training.synthetic import COLOURS, GROUNDING_QUESTION, IMAGE_DIR, make_synthetic_dataset
 
 # Wider and taller than square, odd differences (the integer paste offset rounds down), and a square.
 SIZES = [(64, 37), (37, 64), (50, 21), (21, 50), (40, 40)]
@@ -116,3 +119,32 @@ def test_drawn_boxes_sit_on_the_picture_s_own_pixels():
 
     assert (red[1].min(), red[0].min(), red[1].max(), red[0].max()) == (50, 20, 150, 80)
     assert np.asarray(picture).min() == 255  # the picture itself is left as it was
+
+
+def test_the_synthetic_grounding_answers_are_the_shape_s_box_on_the_padded_square(tmp_path):
+    """`make-synthetic-data --kind grounding`: non-square pictures, LLaVA-1.5's question, and an answer that, mapped
+    back from the padded square, encloses exactly the pixels of the shape the question names."""
+    data = json.loads(make_synthetic_dataset(tmp_path / "grounding", num_samples=12, seed=3, kind="grounding")
+                      .read_text())
+
+    assert len(data) == 12
+    for sample in data:
+        question, answer = (turn["value"] for turn in sample["conversations"])
+        assert question.startswith(f"<image>\n{GROUNDING_QUESTION}the ")
+        colour = question.removeprefix(f"<image>\n{GROUNDING_QUESTION}the ").split()[0]
+        with Image.open(tmp_path / "grounding" / IMAGE_DIR / sample["image"]) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        height, width = pixels.shape[:2]
+        assert max(width, height) >= 1.5 * min(width, height)
+        rows, columns = np.nonzero((pixels == COLOURS[colour]).all(axis=-1))
+        x1, y1, x2, y2 = from_padded_square_box(first_box(answer), width, height)
+        # Two decimals on the padded square are within half a hundredth of its side.
+        tolerance = 0.005 * max(width, height) + 1e-9
+        assert (x1 * width, y1 * height, x2 * width, y2 * height) == pytest.approx(
+            (columns.min(), rows.min(), columns.max() + 1, rows.max() + 1), abs=tolerance)
+
+
+def test_an_unknown_synthetic_kind_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="grounding"):
+        make_synthetic_dataset(tmp_path / "x", kind="boxes")
+    assert not (tmp_path / "x").exists()
