@@ -8,8 +8,11 @@ model's boxes back first, or every non-square picture scores low. All boxes here
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -91,3 +94,28 @@ def draw_boxes(image: Image.Image, answer: str, frame: BoxFrame) -> Image.Image:
         draw.rectangle([min(x1, x2) * width, min(y1, y2) * height, max(x1, x2) * width, max(y1, y2) * height],
                        outline=BOX_COLOUR, width=line)
     return drawn
+
+
+def check_picture_path(path: str | Path) -> Path:
+    """`path` if PIL can write a picture there (a known extension, an existing folder), else a clear error."""
+    path = Path(path)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"cannot tell the picture format of {path}: give it an extension such as .png")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"no folder {path.parent} to save {path.name} in")
+    return path
+
+
+def save_boxes(image: Image.Image, answer: str, frame: BoxFrame, path: str | Path) -> Path:
+    """Save `draw_boxes(image, answer, frame)` to `path` whole or not at all (written beside it, then renamed)."""
+    path = check_picture_path(path)
+    drawn = draw_boxes(image, answer, frame)
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        drawn.save(staging, format=Image.registered_extensions()[path.suffix.lower()])
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return path
