@@ -67,6 +67,24 @@ class BoxFrame:
         return from_padded_square_box(box, width, height) if self.padded_square else tuple(box)
 
 
+def project_frame() -> BoxFrame:
+    """The frame of the processor every checkpoint of this project ships (`processing.build_processor`), for tasks
+    that see no model; the image size does not change it."""
+    from .processing import build_image_processor
+
+    return BoxFrame.of(build_image_processor(336))
+
+
+def box_iou(first: Box, second: Box) -> float:
+    """Intersection over union of two boxes (0 when either is empty)."""
+    width = min(first[2], second[2]) - max(first[0], second[0])
+    height = min(first[3], second[3]) - max(first[1], second[1])
+    intersection = max(0.0, width) * max(0.0, height)
+    union = ((first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
+             - intersection)
+    return intersection / union if union > 0 else 0.0
+
+
 def find_boxes(text: str) -> list[Box]:
     """Every `[x1, y1, x2, y2]` in generated text, in order (any number of decimals, spaces or none)."""
     return [tuple(float(number) for number in match.groups()) for match in BOX_PATTERN.finditer(text)]

@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from modeling_mmfuser_llava.experiment.evaluation import grounding_precision
 from modeling_mmfuser_llava.grounding import (
     BoxFrame,
     draw_boxes,
     find_boxes,
     first_box,
+    box_iou,
     format_box,
     from_padded_square_box,
+    project_frame,
     to_padded_square_box,
 )
+from modeling_mmfuser_llava.integrations.lmms_eval import TASKS_DIR
 from modeling_mmfuser_llava.processing import build_image_processor
 from modeling_mmfuser_llava.training.synthetic import COLOURS, GROUNDING_QUESTION, IMAGE_DIR, make_synthetic_dataset
 
@@ -148,3 +152,23 @@ def test_an_unknown_synthetic_kind_is_refused(tmp_path):
     with pytest.raises(ValueError, match="grounding"):
         make_synthetic_dataset(tmp_path / "x", kind="boxes")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_toy_grounding_precision_maps_the_model_s_frame_back():
+    """The bundled `mmfuser_grounding` questions answered with their references score 1 read in the project's frame;
+    read as if the model's boxes were on the picture itself (no conversion), most miss; no box is a miss."""
+    task_dir = TASKS_DIR / "mmfuser_grounding"
+    samples = json.loads((task_dir / "test.json").read_text())
+    references = {sample["id"]: sample["conversations"][1]["value"] for sample in samples}
+
+    assert project_frame() == BoxFrame(padded_square=True)
+    assert grounding_precision(task_dir, references, project_frame()) == 1
+    assert grounding_precision(task_dir, references, BoxFrame(padded_square=False)) < 0.5
+    assert grounding_precision(task_dir, dict.fromkeys(references, "red"), project_frame()) == 0
+
+
+def test_box_overlap():
+    assert box_iou((0, 0, 0.5, 0.5), (0, 0, 0.5, 0.5)) == 1
+    assert box_iou((0, 0, 0.5, 0.5), (0.25, 0, 0.75, 0.5)) == pytest.approx(1 / 3)
+    assert box_iou((0, 0, 0.1, 0.1), (0.5, 0.5, 1, 1)) == 0
+    assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0

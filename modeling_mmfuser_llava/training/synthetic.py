@@ -119,7 +119,8 @@ def make_synthetic_dataset(
                 image.save(staging / IMAGE_DIR / f"{sample_id}.png")
                 answer = format_box(to_padded_square_box(box, *image.size))
                 conversation = turns((f"<image>\n{GROUNDING_QUESTION}{description}", answer))
-                samples.append({"id": sample_id, "image": f"{sample_id}.png", "conversations": conversation})
+                samples.append({"id": sample_id, "image": f"{sample_id}.png", "conversations": conversation,
+                                "bbox": list(box)})  # the picture's own frame, for scoring
                 continue
             shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
             count, background = rng.randint(1, 3), rng.choice(list(BACKGROUNDS))

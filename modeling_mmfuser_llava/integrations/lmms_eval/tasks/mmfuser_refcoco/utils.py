@@ -22,12 +22,9 @@ from lmms_eval.tasks.refcoco.utils_rec import (  # noqa: F401
     refcoco_bbox_rec_iou,
     refcoco_bbox_rec_preprocess_dataset,
 )
-from modeling_mmfuser_llava.grounding import BoxFrame, first_box, format_box
-from modeling_mmfuser_llava.processing import build_image_processor
+from modeling_mmfuser_llava.grounding import first_box, format_box, project_frame
 
-# The frame of the processor every checkpoint of this project ships (`processing.build_processor`); the image size
-# does not change it.
-MODEL_FRAME = BoxFrame.of(build_image_processor(336))
+MODEL_FRAME = project_frame()
 REC_QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: "
 REGION_CAPTION_QUESTION = "Please provide a short description for this region: "
 NO_BOX = (0.0, 0.0, 0.0, 0.0)  # what lmms-eval's own REC parser scores when an answer holds no box
