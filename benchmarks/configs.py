@@ -1,5 +1,7 @@
 """Random-weight models at the real sizes: CLIP ViT-L/14-336 (LLaVA-1.5's vision tower) and Llama language models."""
 
+from dataclasses import dataclass
+
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
@@ -21,15 +23,52 @@ MID_SIZE_LM = dict(
 )
 
 
-def model_configs(**text_sizes) -> tuple[MMFuserLlavaConfig, LlavaConfig]:
-    """MMFuser-LLaVA and plain LLaVA-1.5 configs with the same CLIP-L/336 tower and a Llama of the given sizes."""
+@dataclass(frozen=True)
+class Sizes:
+    """What a benchmark row builds: the vision tower, the language model whose width the projector maps to (vision
+    path) and the small language model (generation, training). `REAL` is what the table reports; `TINY` runs the
+    same code in seconds (the GPU check's dry run on a CPU)."""
+
+    vision: dict
+    projector_lm: dict
+    small_lm: dict
+
+    @property
+    def image_size(self) -> int:
+        return self.vision["image_size"]
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.vision["image_size"] // self.vision["patch_size"]) ** 2
+
+
+REAL = Sizes(vision=CLIP_L336, projector_lm=VICUNA_7B, small_lm=SMALL_LM)
+TINY_LM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+# 24 layers, so that the default fuser layers (-22, -17, -12, -7, query -2) exist.
+TINY = Sizes(
+    vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=24, num_attention_heads=4, image_size=56,
+                patch_size=14, projection_dim=32),
+    projector_lm=TINY_LM, small_lm=TINY_LM,
+)
+
+
+def model_configs(sizes: Sizes = REAL, **text_sizes) -> tuple[MMFuserLlavaConfig, LlavaConfig]:
+    """MMFuser-LLaVA and plain LLaVA-1.5 configs with the same vision tower (CLIP-L/336 unless `sizes` says
+    otherwise) and a Llama of the given sizes."""
     text_config = LlamaConfig(vocab_size=32064, max_position_embeddings=4096, pad_token_id=0, **text_sizes)
     common = dict(
-        vision_config=CLIPVisionConfig(**CLIP_L336), text_config=text_config, image_token_index=IMAGE_TOKEN_ID,
-        image_seq_length=IMAGE_TOKENS, pad_token_id=0,
+        vision_config=CLIPVisionConfig(**sizes.vision), text_config=text_config, image_token_index=IMAGE_TOKEN_ID,
+        image_seq_length=sizes.image_tokens, pad_token_id=0,
     )
     return MMFuserLlavaConfig(**common), LlavaConfig(vision_feature_layer=-2, **common)
 
 
-def random_pixels(batch: int, dtype: torch.dtype) -> torch.Tensor:
-    return torch.randn(batch, 3, 336, 336, generator=torch.Generator().manual_seed(0)).to(dtype)
+def random_pixels(batch: int, dtype: torch.dtype, image_size: int = 336, device: str = "cpu") -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 3, image_size, image_size, generator=generator).to(device, dtype)
+
+
+def setting_name(dtype: torch.dtype, device: str, *details: str) -> str:
+    """A table row's setting: the dtype, the device where it is not the CPU, then `details`."""
+    place = [] if device == "cpu" else [torch.device(device).type.upper()]
+    return ", ".join([str(dtype).removeprefix("torch."), *place, *details])

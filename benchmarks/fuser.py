@@ -7,26 +7,29 @@ import torch
 from modeling_mmfuser_llava.deformable_attention import deformable_sampling
 from modeling_mmfuser_llava.fuser import MMFuserBlock
 
-from .configs import model_configs
+from .configs import REAL, Sizes, model_configs
 from .reference import per_level_deformable_sampling, use_per_level_core
 from .timing import Result, interleaved_times
 
 
-def clip_l336_fuser(dtype: torch.dtype, seed: int = 0) -> MMFuserBlock:
-    """The fuser at CLIP-L/336 sizes with every parameter moved off its initial value (open gates, real offsets)."""
+def clip_l336_fuser(dtype: torch.dtype, seed: int = 0, sizes: Sizes = REAL) -> MMFuserBlock:
+    """The fuser at CLIP-L/336 sizes (or `sizes`') with every parameter moved off its initial value (open gates, real
+    offsets)."""
     torch.manual_seed(seed)
-    fuser = MMFuserBlock(model_configs()[0])
+    fuser = MMFuserBlock(model_configs(sizes)[0])
     with torch.no_grad():
         for parameter in fuser.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
     return fuser.to(dtype).eval()
 
 
-def fuser_inputs(fuser: MMFuserBlock, batch: int, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def fuser_inputs(
+    fuser: MMFuserBlock, batch: int, dtype: torch.dtype, device: str = "cpu"
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     hidden = fuser.query_norm.normalized_shape[0]
     levels = fuser.cross_attn.num_levels
     maps = torch.randn(levels + 1, batch, fuser.grid_size**2, hidden, generator=torch.Generator().manual_seed(0))
-    query, *keys_values = maps.to(dtype).unbind(0)
+    query, *keys_values = maps.to(device, dtype).unbind(0)
     return query, keys_values
 
 

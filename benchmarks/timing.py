@@ -24,6 +24,12 @@ CLOCKS = {
 }
 
 
+def wait_for_device() -> None:
+    """CUDA runs asynchronously: wait for the queued work, so that a clock read after a call counts all of it."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 @dataclass
 class Timings:
     """Seconds per call of each candidate, per round, on each clock."""
@@ -74,9 +80,11 @@ def call_times(module: torch.nn.Module) -> Iterator[dict[str, list[float]]]:
     starts: dict[str, float] = {}
 
     def start(*_) -> None:
+        wait_for_device()
         starts.update({clock: read() for clock, read in CLOCKS.items()})
 
     def stop(*_) -> None:
+        wait_for_device()
         for clock, read in CLOCKS.items():
             seconds[clock].append(read() - starts[clock])
 
@@ -98,8 +106,10 @@ def interleaved_times(candidates: dict[str, Callable[[], object]], rounds: int, 
     order = list(candidates)
     for round_index in range(warmup + rounds):
         for name in order if round_index % 2 == 0 else reversed(order):
+            wait_for_device()
             starts = {clock: read() for clock, read in CLOCKS.items()}
             candidates[name]()
+            wait_for_device()
             if round_index >= warmup:
                 for clock, read in CLOCKS.items():
                     timings.add(clock, name, read() - starts[clock])

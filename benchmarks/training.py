@@ -15,31 +15,34 @@ from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
 from modeling_mmfuser_llava.conversion.upcycle import share_llava_parts
 from modeling_mmfuser_llava.fuser import MMFuserBlock
 
-from .configs import SMALL_LM, model_configs
+from .configs import REAL, Sizes, model_configs, setting_name
 from .fuser import clip_l336_fuser, fuser_inputs
 from .generation import prompt_inputs
 from .timing import Result, interleaved_times
 
-TWO_LAYER_LM = {**SMALL_LM, "num_hidden_layers": 2}
 TEXT_TOKENS = 63  # + BOS + 576 image tokens = 640 tokens per sequence
 
 
-def stage_two_models(seed: int = 0) -> tuple[MMFuserLlavaForConditionalGeneration, LlavaForConditionalGeneration]:
-    """MMFuser-LLaVA (open gates, real offsets) and a plain Llava sharing its tower, projector and language model,
-    with the tower frozen as in stage 2."""
-    mmfuser_config, llava_config = model_configs(**TWO_LAYER_LM)
+def stage_two_models(
+    seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu", sizes: Sizes = REAL
+) -> tuple[MMFuserLlavaForConditionalGeneration, LlavaForConditionalGeneration]:
+    """MMFuser-LLaVA (open gates, real offsets; a 2-layer small Llama) and a plain Llava sharing its tower, projector
+    and language model, with the tower frozen as in stage 2."""
+    mmfuser_config, llava_config = model_configs(sizes, **{**sizes.small_lm, "num_hidden_layers": 2})
     torch.manual_seed(seed)
     mmfuser = MMFuserLlavaForConditionalGeneration(mmfuser_config)
-    mmfuser.model.fuser = clip_l336_fuser(torch.float32, seed)
+    mmfuser.model.fuser = clip_l336_fuser(torch.float32, seed, sizes)
     with torch.device("meta"):
         plain = LlavaForConditionalGeneration(llava_config)
     share_llava_parts(mmfuser, plain)
     mmfuser.model.vision_tower.requires_grad_(False)
-    return mmfuser.train(), plain.train()
+    return mmfuser.to(device, dtype).train(), plain.to(device, dtype).train()
 
 
-def training_inputs(batch: int) -> dict[str, torch.Tensor]:
-    inputs = prompt_inputs(batch, torch.float32, TEXT_TOKENS)
+def training_inputs(
+    batch: int, dtype: torch.dtype = torch.float32, device: str = "cpu", sizes: Sizes = REAL
+) -> dict[str, torch.Tensor]:
+    inputs = prompt_inputs(batch, dtype, TEXT_TOKENS, device, sizes)
     labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model_configs()[0].image_token_id, -100)
     return {**inputs, "labels": labels}
 
@@ -111,14 +114,22 @@ def peak_activation_bytes(model, inputs: dict[str, torch.Tensor]) -> int:
     return log.peak_bytes(gradients)
 
 
-def measure_training(batch: int, rounds: int) -> list[Result]:
-    """The training step of stage 2 against plain Llava's, timed directly."""
-    mmfuser, plain = stage_two_models()
-    inputs = training_inputs(batch)
+def measure_training(
+    batch: int, rounds: int, dtype: torch.dtype = torch.float32, device: str = "cpu", sizes: Sizes = REAL,
+    checkpointing: bool = False,
+) -> list[Result]:
+    """The training step of stage 2 against plain Llava's, timed directly (with activation checkpointing in both
+    where `checkpointing`)."""
+    mmfuser, plain = stage_two_models(dtype=dtype, device=device, sizes=sizes)
+    if checkpointing:
+        for model in (mmfuser, plain):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    inputs = training_inputs(batch, dtype, device, sizes)
     times = interleaved_times(
         {"mmfuser": lambda: training_step(mmfuser, inputs), "plain": lambda: training_step(plain, inputs)}, rounds
     )
-    setting = f"float32, batch {batch}, {inputs['input_ids'].shape[1]} tokens, 2-layer Llama"
+    details = [f"batch {batch}", f"{inputs['input_ids'].shape[1]} tokens", "2-layer Llama"]
+    setting = setting_name(dtype, device, *details, *(["activation checkpointing"] if checkpointing else []))
     return [
         times.result("(f) training step (stage 2), MMFuser / plain Llava, direct", setting, "mmfuser", "plain",
                      "<= 1.10"),

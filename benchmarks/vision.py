@@ -6,34 +6,39 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from modeling_mmfuser_llava import MMFuserLlavaModel
 
-from .configs import VICUNA_7B, model_configs, random_pixels
+from .configs import REAL, Sizes, model_configs, random_pixels, setting_name
 from .fuser import clip_l336_fuser
 from .timing import Result, call_times, interleaved_times
 
 
-def vision_paths(dtype: torch.dtype, seed: int = 0) -> tuple[MMFuserLlavaModel, LlavaModel]:
-    """Both models over the same CLIP-L/336 tower and LLaVA-1.5-7B projector (1024 -> 4096 -> 4096).
+def vision_paths(
+    dtype: torch.dtype, seed: int = 0, device: str = "cpu", sizes: Sizes = REAL
+) -> tuple[MMFuserLlavaModel, LlavaModel]:
+    """Both models over the same CLIP-L/336 tower and LLaVA-1.5-7B projector (1024 -> 4096 -> 4096), or `sizes`'.
 
     They are built on the meta device and given real modules for what `get_image_features` uses: no language model.
     """
-    mmfuser_config, llava_config = model_configs(**VICUNA_7B)
+    mmfuser_config, llava_config = model_configs(sizes, **sizes.projector_lm)
     torch.manual_seed(seed)
     vision_tower = AutoModel.from_config(mmfuser_config.vision_config)
     projector = LlavaMultiModalProjector(mmfuser_config)
     with torch.device("meta"):
         mmfuser, plain = MMFuserLlavaModel(mmfuser_config), LlavaModel(llava_config)
-    mmfuser.vision_tower, mmfuser.fuser, mmfuser.multi_modal_projector = vision_tower, clip_l336_fuser(dtype), projector
+    fuser = clip_l336_fuser(dtype, seed, sizes)
+    mmfuser.vision_tower, mmfuser.fuser, mmfuser.multi_modal_projector = vision_tower, fuser, projector
     plain.vision_tower, plain.multi_modal_projector = vision_tower, projector
     for model in (mmfuser, plain):
         del model.language_model  # still on the meta device; get_image_features never calls it
-    return mmfuser.to(dtype).eval(), plain.to(dtype).eval()
+    return mmfuser.to(device, dtype).eval(), plain.to(device, dtype).eval()
 
 
-def measure_vision_path(dtype: torch.dtype, batch: int, rounds: int) -> list[Result]:
+def measure_vision_path(
+    dtype: torch.dtype, batch: int, rounds: int, device: str = "cpu", sizes: Sizes = REAL
+) -> list[Result]:
     """The direct ratio, and 1 + fuser / plain path with the fuser timed in place, inside the same calls (on a noisy
     machine this resolves a few percent far better than the difference of two long calls)."""
-    mmfuser, plain = vision_paths(dtype)
-    pixels = random_pixels(batch, dtype)
+    mmfuser, plain = vision_paths(dtype, device=device, sizes=sizes)
+    pixels = random_pixels(batch, dtype, sizes.image_size, device)
     warmup = 1
     with call_times(mmfuser.fuser) as fuser_calls, torch.inference_mode():
         times = interleaved_times(
@@ -41,7 +46,7 @@ def measure_vision_path(dtype: torch.dtype, batch: int, rounds: int) -> list[Res
             rounds, warmup,
         )
     times.add_series("fuser", {clock: series[warmup:] for clock, series in fuser_calls.items()})
-    setting = f"{str(dtype).removeprefix('torch.')}, batch {batch}"
+    setting = setting_name(dtype, device, f"batch {batch}")
     derived = times.result("", setting, "fuser", "plain").mapped(
         lambda ratio: 1 + ratio, "(c) vision path, 1 + fuser timed in place / plain path (explains the direct ratio)",
         f"{times.median_ms('plain') + times.median_ms('fuser'):.0f} ms", f"{times.median_ms('plain'):.0f} ms",

@@ -4,6 +4,7 @@ Importing the package registers the model with the Auto classes, and marks the c
 writes their code next to the weights (loadable with `trust_remote_code=True` where this package is not installed).
 """
 
+from . import quiet_bitsandbytes  # noqa: F401  (first: before anything imports bitsandbytes)
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from .configuration_mmfuser_llava import MMFuserLlavaConfig

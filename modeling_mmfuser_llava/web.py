@@ -2,13 +2,17 @@
 
 Upload or pick a picture, ask, and the answer streams in as it is generated; follow-up questions continue the
 conversation about the same picture (the processor's chat template carries the earlier turns); a new picture starts a
-new conversation. One queue serves everyone, one generation at a time. The page calls no outside service: no
-analytics, no share link, its fonts served by the page itself.
+new conversation. One queue serves everyone, one generation at a time, so the page bounds what one request may take:
+pictures over `max_pixels` are refused from their header before they are decoded (a 20000x20000 PNG is a few hundred
+KB), questions longer than the model's context leaves after the picture are refused before anything is generated, and
+each generation stops after `max_seconds`. Every error reaches the user as a message, never as Gradio's generic one.
+The page calls no outside service: no analytics, no share link, its fonts served by the page itself.
 
 This module imports only gradio, torch, transformers, PIL and `demo` (loading and model inputs), so a Space folder can
 carry it beside `demo.py` (`web_space.write_space`) and run without this package installed.
 """
 
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +39,8 @@ TITLE = "MMFuser-LLaVA"
 # A generation that takes longer than this between two tokens has failed; the page says so instead of hanging.
 TOKEN_TIMEOUT_SECONDS = 300
 MAX_UPLOAD = "20mb"
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_SECONDS = 60.0
 # Small pictures (the bundled ones are 32x32) fill their frame, without blurring.
 CSS = "#picture img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
@@ -51,6 +57,8 @@ class ChatModel:
     processor: object
     name: str
     examples: list[list[str]] = field(default_factory=list)  # [picture path, question] pairs
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger pictures are refused
+    max_seconds: float = DEFAULT_MAX_SECONDS  # each generation stops after this long
 
     def stream(
         self, picture: Image.Image, turns: list[list[str]], question: str, **settings
@@ -58,6 +66,8 @@ class ChatModel:
         """The answer to `question` about `picture` after the earlier `turns` ([question, answer] pairs), growing
         word by word as tokens are generated; `settings`: `generation_settings(...)`, or more `generate` arguments."""
         inputs = conversation_inputs(self.model, self.processor, [picture], [conversation(turns, question)])
+        settings = {**settings, "max_time": self.max_seconds,
+                    "max_new_tokens": min(settings.get("max_new_tokens", 64), self.tokens_left(inputs["input_ids"]))}
         streamer = TextIteratorStreamer(
             self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=TOKEN_TIMEOUT_SECONDS
         )
@@ -80,6 +90,16 @@ class ChatModel:
         worker.join()
         if failures:
             raise gr.Error(f"generation failed: {failures[0]}")
+
+    def tokens_left(self, input_ids: torch.Tensor) -> int:
+        """How many tokens the model can still generate after `input_ids` (the picture's tokens included); a
+        `gr.Error` when none: the prompt alone fills the context."""
+        context = self.model.config.text_config.max_position_embeddings
+        used = input_ids.shape[-1]
+        if used >= context:
+            raise gr.Error(f"The question is too long: with the picture and the conversation it takes {used} tokens "
+                           f"and this model reads at most {context}. Ask a shorter question or clear the conversation.")
+        return context - used
 
     def answer(self, picture: Image.Image, question: str, **settings) -> str:
         """The complete answer to a first question about `picture`."""
@@ -107,17 +127,35 @@ def generation_settings(max_new_tokens: int = 64, temperature: float = 0.0, top_
     return {**settings, "do_sample": False}
 
 
-def open_picture(upload: dict | str | Path | None) -> Image.Image:
-    """The RGB picture of an upload (Gradio's file payload or a path); a clear `gr.Error` when it is not a picture."""
+def open_picture(upload: dict | str | Path | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The RGB picture of an upload (Gradio's file payload or a path); a clear `gr.Error` when it is not a picture or
+    has more than `max_pixels` pixels (read from its header: the picture is not decoded)."""
     if upload is None:
         raise gr.Error("Upload a picture first (or pick one of the examples).")
     path, name = (upload["path"], upload.get("orig_name")) if isinstance(upload, dict) else (upload, None)
     name = name or Path(path).name
+    too_large = f"{name} is too large: this page takes pictures of up to {max_pixels / 1e6:g} megapixels"
     try:
         with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise gr.Error(f"{too_large}, and it is {width}x{height} ({width * height / 1e6:g} megapixels).")
             return opened.convert("RGB")
+    except Image.DecompressionBombError as error:  # PIL's own bound, checked as it opens: far over ours
+        raise gr.Error(f"{too_large} ({error})")
     except (UnidentifiedImageError, OSError):
         raise gr.Error(f"{name} is not a picture this page can read: upload a PNG, JPEG, WebP, GIF or BMP file.")
+
+
+@contextlib.contextmanager
+def errors_as_messages() -> Iterator[None]:
+    """Any failure while answering reaches the user as a message (Gradio shows only a generic text for others)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception as error:
+        raise gr.Error(f"The page could not answer: {type(error).__name__}: {error}") from error
 
 
 def chat_messages(turns: list[list[str]]) -> list[dict]:
@@ -139,7 +177,7 @@ def respond(
     question = question.strip()
     if not question:
         raise gr.Error("Type a question about the picture.")
-    picture = open_picture(upload)
+    picture = open_picture(upload, chat_model.max_pixels)
     settings = generation_settings(max_new_tokens, temperature, top_p)
     partial = ""
     yield chat_messages([*turns, [question, partial]]), turns, ""
@@ -160,7 +198,7 @@ def chat_api(chat_model: ChatModel, upload: dict | str | None, question: str) ->
     """The `/chat` endpoint: the complete, greedy answer to one question about one picture."""
     if not question or not question.strip():
         raise gr.Error("The question is empty.")
-    return chat_model.answer(open_picture(upload), question.strip(), **generation_settings())
+    return chat_model.answer(open_picture(upload, chat_model.max_pixels), question.strip(), **generation_settings())
 
 
 def build_app(chat_model: ChatModel) -> gr.Blocks:
@@ -193,10 +231,12 @@ def build_app(chat_model: ChatModel) -> gr.Blocks:
         answer = gr.Textbox(visible=False)
 
         def respond_here(upload, asked, earlier, *settings):
-            yield from respond(chat_model, upload, asked, earlier, *settings)
+            with errors_as_messages():
+                yield from respond(chat_model, upload, asked, earlier, *settings)
 
         def chat_here(image, question):
-            return chat_api(chat_model, image, question)
+            with errors_as_messages():
+                return chat_api(chat_model, image, question)
 
         def start_over():
             return [], [], ""
@@ -247,11 +287,15 @@ def serve(
     port: int | None = 7860,
     device: str = "cpu",
     load_in_4bit: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
 ) -> None:
     """Load the model, then serve the page until interrupted (host/port None: Gradio's defaults and environment, as
-    on a Space)."""
+    on a Space); `max_pixels` and `max_seconds` bound each request (see the module's docstring)."""
     with tempfile.TemporaryDirectory(prefix="mmfuser-llava-web-") as scratch:
-        app = build_app(load_chat_model(model, device, load_in_4bit, scratch))
+        chat_model = load_chat_model(model, device, load_in_4bit, scratch)
+        chat_model.max_pixels, chat_model.max_seconds = max_pixels, max_seconds
+        app = build_app(chat_model)
         app.queue(default_concurrency_limit=1, max_size=64).launch(
             server_name=host, server_port=port, share=False, max_file_size=MAX_UPLOAD, css=CSS
         )
@@ -263,6 +307,7 @@ __all__ = [
     "build_app",
     "chat_api",
     "conversation",
+    "errors_as_messages",
     "generation_settings",
     "load_chat_model",
     "open_picture",

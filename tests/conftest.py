@@ -119,3 +119,27 @@ def shared_fixtures() -> Path:
     if not SHARED_FIXTURES.is_dir():
         pytest.skip(f"the shared reference fixtures are not beside this checkout ({SHARED_FIXTURES})")
     return SHARED_FIXTURES
+
+
+def bundled_questions() -> tuple[list[Image.Image], list[str], list[str]]:
+    """Every question about every bundled example picture of the trained tiny model: pictures, questions, answers."""
+    from modeling_mmfuser_llava.demo import bundled_examples
+
+    images, questions, answers = [], [], []
+    for example in bundled_examples():
+        with Image.open(example["image"]) as image:
+            picture = image.convert("RGB")
+        for question in example["questions"]:
+            images.append(picture)
+            questions.append(question["question"])
+            answers.append(question["answer"])
+    return images, questions, answers
+
+
+def linear_types(model) -> dict[str, set[str]]:
+    """Class names of the nn.Linear modules (bitsandbytes' layers are nn.Linear too) per part of the model."""
+    types = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            types.setdefault(name.removeprefix("model.").split(".")[0], set()).add(type(module).__name__)
+    return types

@@ -55,9 +55,11 @@ def test_flash_attention_2_without_flash_attn_is_a_clear_error(saved):
         load(saved[0], "flash_attention_2")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not (FLASH_ATTN_INSTALLED and torch.cuda.is_available()),
-    reason="flash_attention_2 needs a CUDA GPU and the `flash` extra (flash-attn); neither is on this machine",
+    reason="flash_attention_2 needs a CUDA GPU and flash-attn (PyPI has only its source, whose CUDA build takes far "
+    "longer than a GPU lease); one of them is missing here",
 )
 def test_flash_attention_2_is_passed_through_and_matches_sdpa(saved, images):
     folder, processor = saved

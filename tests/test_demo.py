@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from modeling_mmfuser_llava import demo
 from modeling_mmfuser_llava.cli import main
@@ -21,6 +20,8 @@ from modeling_mmfuser_llava.demo import (
 )
 from modeling_mmfuser_llava.experiment.task import QUESTIONS
 from modeling_mmfuser_llava.grounding import format_box, to_padded_square_box
+
+from conftest import bundled_questions
 
 
 def printed_fields(printed: str) -> dict[str, str]:
@@ -83,16 +84,8 @@ def test_bundled_model_answers_every_bundled_question_right(tmp_path):
     """Every question of every bundled picture, asked of the model as the demo loads it (a Hub folder)."""
     write_trained_tiny_hub_folder(tmp_path / "tiny")
     model, processor = load_for_inference(tmp_path / "tiny")
-    examples = bundled_examples()
-    assert len(examples) >= 3
-    images, questions, expected = [], [], []
-    for example in examples:
-        with Image.open(example["image"]) as image:
-            picture = image.convert("RGB")
-        for question in example["questions"]:
-            images.append(picture)
-            questions.append(question["question"])
-            expected.append(question["answer"])
+    assert len(bundled_examples()) >= 3
+    images, questions, expected = bundled_questions()
     assert {question for question in questions} == {question for question, _ in QUESTIONS.values()}
     assert answer_batch(model, processor, images, questions, max_new_tokens=8) == expected
 

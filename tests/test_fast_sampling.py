@@ -17,7 +17,8 @@ from modeling_mmfuser_llava.deformable_attention import (
 )
 
 CUDA = pytest.param(
-    "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+    "cuda",
+    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")],
 )
 
 
@@ -122,6 +123,7 @@ def test_sampling_layer_is_registered_with_the_kernels_hub():
     assert DeformableSampling.kernel_layer_name == "MultiScaleDeformableAttention"
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not torch.cuda.is_available() or KERNELS_MISSING,
     reason="the kernels-hub CUDA kernel needs a CUDA GPU and the `kernels` package (neither is here)",

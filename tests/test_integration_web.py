@@ -23,6 +23,7 @@ import pytest
 from modeling_mmfuser_llava.demo import bundled_examples, write_trained_tiny_hub_folder
 from modeling_mmfuser_llava.web_space import write_space
 from isolated_venv import cached_venv, start_as_user
+from test_web import bomb_png
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +105,32 @@ def test_chat_api_through_gradio_client(server, tmp_path):
     notes.write_text("not a picture")
     with pytest.raises(AppError, match="notes.txt is not a picture this page can read"):
         ask(server, notes, "what colour")
+
+
+def test_hostile_requests_get_messages_and_the_page_answers_after(server, tmp_path):
+    """The issue's probe: a decompression bomb (20000x20000, a few hundred KB) got Gradio's generic "The upstream
+    Gradio app has raised an exception" and a 20000-word question held the single queue for a minute; now each gets
+    its message at once, sent together with ordinary questions, and the page answers the next question right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client.exceptions import AppError
+
+    example = bundled_examples()[0]
+    question = example["questions"][0]
+    bomb = bomb_png(tmp_path / "bomb.png", 20000, 20000)
+    hostile = {"bomb": (bomb, question["question"]), "long": (example["image"], "what colour " * 20000)}
+    ordinary = {f"ordinary {index}": (example["image"], question["question"]) for index in range(8)}
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        futures = {name: pool.submit(ask, server, *request) for name, request in {**hostile, **ordinary}.items()}
+    for name in ordinary:
+        assert futures[name].result() == question["answer"], name
+    with pytest.raises(AppError, match=r"bomb\.png is too large: this page takes pictures of up to 40 megapixels"):
+        futures["bomb"].result()
+    with pytest.raises(AppError, match=r"The question is too long: .* takes \d+ tokens"):
+        futures["long"].result()
+    assert time.monotonic() - started < ANSWER_TIMEOUT_SECONDS
+    assert ask(server, example["image"], question["question"]) == question["answer"]
 
 
 def test_space_folder_serves_the_page_without_this_package(tmp_path):

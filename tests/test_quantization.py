@@ -16,6 +16,7 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 from modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration, MMFuserLlavaModel
 from modeling_mmfuser_llava.hub_folder import save_hub_folder
 
+from conftest import linear_types
 from isolated_venv import run_as_user
 
 pytest.importorskip("bitsandbytes", reason="the `quantization` extra (bitsandbytes) is not installed")
@@ -137,15 +138,6 @@ def test_quantized_footprint_is_smaller_and_generation_works(remote_report, load
     # Greedy generation picks by the quantized model's scores, so its first token scores within twice their error of
     # the bf16 model's best.
     assert reference[0, quantized["generated"][0]] >= reference[0].max() - 2 * error
-
-
-def linear_types(model) -> dict[str, set[str]]:
-    """Class names of the nn.Linear modules (bitsandbytes' layers are nn.Linear too) per part of the model."""
-    types = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            types.setdefault(name.removeprefix("model.").split(".")[0], set()).add(type(module).__name__)
-    return types
 
 
 @pytest.mark.parametrize(

@@ -206,3 +206,68 @@ def test_the_page_draws_the_latest_answer_s_boxes_in_the_picture_s_frame(chat_mo
     assert (red_columns.min(), red_rows.min(), red_columns.max(), red_rows.max()) == (20, 10, 80, 40)
     assert answer_boxes(chat_model, str(picture), [["and now", format_box(model_box)], ["where", "red"]]) is None
     assert answer_boxes(chat_model, str(picture), []) is None
+
+
+def bomb_png(path, width: int, height: int):
+    """A 1-bit black PNG of `width` x `height`: a few hundred KB on disk, width * height bytes once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def test_pictures_over_the_pixel_bound_are_refused_before_decoding(chat_model, tmp_path):
+    """The issue's 20000x20000 PNG (over PIL's own bound too) and one between the page's bound and PIL's."""
+    bomb = bomb_png(tmp_path / "bomb.png", 20000, 20000)
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(gr.Error, match=r"bomb\.png is too large: this page takes pictures of up to 40 megapixels"):
+        chat_api(chat_model, str(bomb), "what colour")
+    large = bomb_png(tmp_path / "large.png", 8000, 6000)
+    with pytest.raises(gr.Error, match=r"large\.png is too large: .* it is 8000x6000 \(48 megapixels\)"):
+        list(respond(chat_model, str(large), "what colour", [], 8, 0.0, 1.0))
+    assert open_picture(str(large), max_pixels=48_000_000).size == (8000, 6000)  # the bound is the page's option
+
+
+def test_a_question_longer_than_the_context_is_refused_before_generating(chat_model, example, monkeypatch):
+    def no_generation(**kwargs):
+        raise AssertionError("generate ran")
+
+    monkeypatch.setattr(chat_model.model, "generate", no_generation)
+    context = chat_model.model.config.text_config.max_position_embeddings
+    with pytest.raises(gr.Error, match=rf"The question is too long: .* takes \d+ tokens and this model reads at most "
+                       rf"{context}"):
+        chat_api(chat_model, str(example["image"]), "what colour " * 20000)
+
+
+def test_each_generation_is_bounded_in_time_and_by_the_context(chat_model, example, monkeypatch):
+    seen = {}
+    generate = chat_model.model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return generate(**kwargs)
+
+    monkeypatch.setattr(chat_model.model, "generate", spy)
+    monkeypatch.setattr(chat_model, "max_seconds", 7.5)
+    chat_model.answer(open_picture(str(example["image"])), "what colour", **generation_settings(max_new_tokens=10**6))
+    context = chat_model.model.config.text_config.max_position_embeddings
+    assert seen["max_time"] == 7.5 and seen["max_new_tokens"] == context - seen["input_ids"].shape[-1]
+
+
+def test_unexpected_errors_reach_the_page_as_messages(chat_model, example, monkeypatch):
+    from modeling_mmfuser_llava.web import errors_as_messages
+
+    with pytest.raises(gr.Error, match="The page could not answer: KeyError: 'pixel_values'"):
+        with errors_as_messages():
+            raise KeyError("pixel_values")
+    with pytest.raises(gr.Error, match="Upload a picture first"):  # the page's own messages pass unchanged
+        with errors_as_messages():
+            chat_api(chat_model, None, "what colour")

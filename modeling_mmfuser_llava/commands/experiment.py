@@ -10,7 +10,7 @@ EXAMPLE = "mmfuser-llava experiment results --workers 2"
 
 
 def register(subparsers) -> None:
-    from ..experiment.recipe import FUSIONS  # light: no torch import
+    from ..experiment import FUSIONS  # light: no torch import
 
     parser = subparsers.add_parser("experiment", help=__doc__.split(": ", 1)[1].splitlines()[0], description=__doc__)
     parser.add_argument("output_dir", help="folder for the data, base models, runs, results.json and results.md")

@@ -15,6 +15,10 @@ def register(subparsers) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--load-in-4bit", action="store_true", help="quantize the language model to 4 bits (nf4)")
+    parser.add_argument("--max-megapixels", type=float, default=40.0,
+                        help="refuse larger pictures, before decoding them (default: 40)")
+    parser.add_argument("--max-seconds", type=float, default=60.0,
+                        help="stop each answer after this many seconds: one queue serves everyone (default: 60)")
     space = parser.add_argument_group("Hugging Face Space")
     space.add_argument("--write-space", metavar="DIR",
                        help="write a Space folder (app.py, requirements.txt, README.md) serving --model, and exit")
@@ -42,7 +46,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return 2
         return 0
     try:
-        serve(args.model, host=args.host, port=args.port, device=args.device, load_in_4bit=args.load_in_4bit)
+        serve(args.model, host=args.host, port=args.port, device=args.device, load_in_4bit=args.load_in_4bit,
+              max_pixels=int(args.max_megapixels * 1e6), max_seconds=args.max_seconds)
     except WebDemoError as error:
         print(f"mmfuser-llava web: error: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..training import parse_arguments, run_training
 from ..training.model_setup import MM_PROJECTOR_FILE
+from . import FUSIONS
 from .task import FILES, IMAGE_DIR
 
 # The selected layers of the 8-layer tower, in proportion to the paper's CLIP-L layers 3/8/13/18 and 23 of 24:
@@ -16,8 +17,6 @@ from .task import FILES, IMAGE_DIR
 SELECT_LAYERS = "list1/3/4/6/-2"
 # 16-wide heads over the 64-wide tower (the paper: 64-wide heads over CLIP-L's 1024), 4 points as in the paper.
 FUSER_HEADS = 4
-# Compared models -> their `--fuser_fusion`.
-FUSIONS = {"llava": "none", "concat": "concat", "average": "average", "mmfuser": "mmfuser"}
 
 
 @dataclass(frozen=True)

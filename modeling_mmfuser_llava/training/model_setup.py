@@ -9,6 +9,7 @@ Three starting points, told apart by the checkpoint's `model_type`:
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -340,10 +341,17 @@ def mm_adapter_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def save_mm_adapter(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
-    """Write the fuser and projector of `state_dict` as one safetensors file (stage 1's output)."""
+    """Write the fuser and projector of `state_dict` as one safetensors file (stage 1's output): under a temporary
+    name beside it, renamed once written, so that `path` is never a truncated file."""
+    path = Path(path)
     weights = {key: value.detach().cpu().contiguous() for key, value in mm_adapter_state_dict(state_dict).items()}
-    save_file(weights, str(path), metadata={"format": "pt", "content": "MMFuser-LLaVA fuser + projector"})
-    return Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(weights, str(partial), metadata={"format": "pt", "content": "MMFuser-LLaVA fuser + projector"})
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
 
 
 def load_mm_adapter(model: MMFuserLlavaForConditionalGeneration, path: str | Path) -> None:

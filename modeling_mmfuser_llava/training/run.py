@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments, check_argument_combinations
+from .checkpoints import incomplete_reason, last_complete_checkpoint
 from .data import LazySupervisedDataset, SupervisedCollator
 from .engines import init_deepspeed_communication
 from .lora import add_lora_adapters, write_base_model_record
@@ -33,14 +33,17 @@ def training_dtype(training_args: TrainingArguments) -> torch.dtype:
 
 
 def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
-    """`--resume_from_checkpoint`, else the newest `checkpoint-*` in the output folder (the original's behaviour)."""
+    """`--resume_from_checkpoint` (an error if incomplete), else the newest complete `checkpoint-*` in the output
+    folder (the original took the newest, complete or not); logs which, and why it skipped newer ones."""
     if training_args.resume_from_checkpoint is not None:
+        reason = incomplete_reason(Path(training_args.resume_from_checkpoint))
+        if reason is not None:
+            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: {reason}")
         return training_args.resume_from_checkpoint
-    output_dir = Path(training_args.output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    last = last_complete_checkpoint(Path(training_args.output_dir))
     if last is not None:
-        logger.warning("resuming from %s (found in the output folder)", last)
-    return last
+        logger.warning("resuming from %s (the newest complete checkpoint in the output folder)", last)
+    return None if last is None else str(last)
 
 
 def run_training(

@@ -10,18 +10,33 @@
   (one safetensors file, not a copy of the frozen 7B/13B LLM), and resuming reads them back from it; a full save
   under FSDP2 writes the project's model files and `auto_map`, not those of FSDP2's wrapper class; under ZeRO-3 a LoRA
   save holds the frozen fuser and projector too.
+- `_save_checkpoint` / `save_model` / `_get_output_dir`: checkpoints and the final output are written under a staging
+  folder and renamed once every process has written its part, so a kill or a full disk never leaves a half-written
+  one under its final name (see `checkpoints`).
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
+from safetensors import SafetensorError
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..modeling_mmfuser_llava import MMFuserLlavaModel
 
+from .checkpoints import (
+    STAGING_DIR,
+    clear_staging,
+    last_complete_checkpoint,
+    publish_contents,
+    publish_folder,
+    remove_staging,
+    save_error,
+    staging_folder,
+)
 from .data import ModalityLengthGroupedSampler
 from .engines import (
     as_own_class,
@@ -35,6 +50,8 @@ from .model_setup import FUSER, MM_PROJECTOR_FILE, in_part, load_mm_adapter, sav
 
 
 class MMFuserTrainer(Trainer):
+    _staging_checkpoint = False  # True while `_save_checkpoint` has the Trainer write under the staging folder
+
     def __init__(self, *args, mm_adapter_only: bool = False, **kwargs):
         """`mm_adapter_only`: stage 1, where only the fuser and projector train and get saved."""
         self.mm_adapter_only = mm_adapter_only
@@ -114,6 +131,70 @@ class MMFuserTrainer(Trainer):
             load_mm_adapter(self.model if model is None else model, adapter_file)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial) -> tuple[int, int]:
+        """The Trainer's resumed state; resumed from the last step's checkpoint (a run killed during its final save),
+        no epoch runs: the Trainer ran one step past `max_steps`, moving the weights and logging a step too many."""
+        epochs_trained, steps_trained_in_current_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if resume_from_checkpoint is not None and self.state.global_step >= max_steps:
+            return num_train_epochs, 0
+        return epochs_trained, steps_trained_in_current_epoch
+
+    def _get_output_dir(self, trial) -> str:
+        """The run folder; while a checkpoint is written, its staging folder (the Trainer writes `checkpoint-N` there)."""
+        run_dir = super()._get_output_dir(trial)
+        return str(Path(run_dir) / STAGING_DIR) if self._staging_checkpoint else run_dir
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        """The Trainer's checkpoint, written by every process under the staging folder and renamed once complete;
+        old checkpoints are rotated out only then."""
+        run_dir = Path(super()._get_output_dir(trial))
+        final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        with self._staged_save(final, publish_folder, checkpoints_dir=run_dir):
+            self._staging_checkpoint = True
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_checkpoint = False
+        if self.args.should_save:
+            rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint,
+                               use_mtime=True)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The final output, written under a staging folder and moved into the output folder once complete (a
+        checkpoint's model, `_internal_call`, is already staged by `_save_checkpoint`)."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call)
+        final = Path(output_dir if output_dir is not None else self.args.output_dir)
+        with self._staged_save(final, publish_contents, checkpoints_dir=final) as staged:
+            super().save_model(str(staged), _internal_call=True)
+        if self.args.push_to_hub:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    @contextlib.contextmanager
+    def _staged_save(self, final: Path, publish: Callable[[Path, Path], None], checkpoints_dir: Path) -> Iterator[Path]:
+        """Every process writes under `final`'s staging folder while it is open; then the main process publishes it.
+
+        A write error (a full disk) removes what was staged and raises a `SaveError` naming `final` and the newest
+        complete checkpoint in `checkpoints_dir`, which stays as it was.
+        """
+        staged = staging_folder(final)
+        if self.args.should_save:
+            clear_staging(staged)
+        self.accelerator.wait_for_everyone()
+        try:
+            yield staged
+        except (OSError, RuntimeError, SafetensorError) as error:
+            if self.args.should_save:
+                remove_staging(staged)
+            raise save_error(final, error, last_complete_checkpoint(checkpoints_dir)) from error
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            publish(staged, final)
+        self.accelerator.wait_for_everyone()
 
 
 def with_frozen_modules_to_save(model: nn.Module, state_dict: dict | None) -> dict | None:
