@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from .grounding import BoxFrame, check_picture_path, save_boxes
+
 ASSETS = Path(str(resources.files(__package__) / "assets"))
 EXAMPLE_IMAGE = ASSETS / "example.png"
 DEFAULT_PROMPT = "What is in this image?"
@@ -31,6 +33,7 @@ class DemoAnswer:
     seconds: float
     model_path: str
     expected: str | None = None  # the right answer, when the question is one of the bundled examples'
+    boxes_path: str | None = None  # the picture with the answer's boxes drawn, when asked for
 
 
 def bundled_examples() -> list[dict]:
@@ -126,14 +129,18 @@ def run_demo(
     load_in_4bit: bool = False,
     max_new_tokens: int = 32,
     overwrite: bool = False,
+    save_boxes_to: str | Path | None = None,
 ) -> DemoAnswer:
     """Load `model` (by default the bundled trained tiny model, written as a Hub folder first, into `save_dir` if
     given) through trust_remote_code and answer `prompt` about `image`.
 
     Defaults: the first bundled example picture and its first question; a bundled picture asked one of its
     questions gets the right answer in `expected`. A `save_dir` holding anything but a previous demo's model folder
-    is refused unless `overwrite` is set.
+    is refused unless `overwrite` is set. `save_boxes_to`: a picture file to write the picture into with the boxes
+    the answer contains drawn on it, mapped from the model's frame (`grounding.BoxFrame.of` its processor).
     """
+    if save_boxes_to is not None:
+        check_picture_path(save_boxes_to)
     examples = bundled_examples()
     if image is not None and not Path(image).is_file():
         raise FileNotFoundError(f"no image at {image}")
@@ -154,7 +161,9 @@ def run_demo(
         loaded, processor = load_for_inference(model, device=device, load_in_4bit=load_in_4bit)
         text = answer(loaded, processor, picture, prompt, max_new_tokens)
         seconds = time.perf_counter() - start
-        return DemoAnswer(str(image_path), prompt, text, seconds, str(model), known.get((image_path.resolve(), prompt)))
+        boxes = None if save_boxes_to is None else str(save_boxes(picture, text, BoxFrame.of(processor), save_boxes_to))
+        return DemoAnswer(str(image_path), prompt, text, seconds, str(model), known.get((image_path.resolve(), prompt)),
+                          boxes)
 
 
 def model_config(folder: Path) -> dict | None:

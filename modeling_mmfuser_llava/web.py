@@ -33,6 +33,7 @@ from .demo import (
     user_message,
     write_trained_tiny_hub_folder,
 )
+from .grounding import BoxFrame, draw_boxes, find_boxes
 
 TITLE = "MMFuser-LLaVA"
 # A generation that takes longer than this between two tokens has failed; the page says so instead of hanging.
@@ -186,6 +187,13 @@ def respond(
     yield chat_messages(turns), turns, ""
 
 
+def answer_boxes(chat_model: ChatModel, upload: dict | str | None, turns: list[list[str]]) -> Image.Image | None:
+    """The picture with the boxes of the latest answer drawn in its own frame; None when that answer holds none."""
+    if not turns or not find_boxes(turns[-1][1]):
+        return None
+    return draw_boxes(open_picture(upload), turns[-1][1], BoxFrame.of(chat_model.processor))
+
+
 def chat_api(chat_model: ChatModel, upload: dict | str | None, question: str) -> str:
     """The `/chat` endpoint: the complete, greedy answer to one question about one picture."""
     if not question or not question.strip():
@@ -206,6 +214,7 @@ def build_app(chat_model: ChatModel) -> gr.Blocks:
             with gr.Column(scale=2):
                 picture = gr.Image(type="filepath", label="Picture", sources=["upload", "clipboard"], height=400,
                                    elem_id="picture")
+                boxes = gr.Image(type="pil", label="Boxes in the answer", interactive=False, elem_id="boxes")
                 if chat_model.examples:
                     gr.Examples(chat_model.examples, inputs=[picture, question],
                                 label="Examples: a picture and a question", examples_per_page=4, elem_id="examples")
@@ -239,7 +248,9 @@ def build_app(chat_model: ChatModel) -> gr.Blocks:
         # preprocess=False: the upload reaches open_picture as a file, so a file that is not a picture gets a clear
         # message instead of Gradio's decoding error.
         for trigger in (ask.click, question.submit):
-            trigger(respond_here, inputs, [chat, turns, question], preprocess=False, api_visibility="private")
+            trigger(respond_here, inputs, [chat, turns, question], preprocess=False, api_visibility="private").then(
+                lambda upload, done: answer_boxes(chat_model, upload, done), [picture, turns], boxes,
+                preprocess=False, api_visibility="private")
         clear.click(start_over, None, [chat, turns, question], api_visibility="private")
         picture.change(new_picture, None, [chat, turns], api_visibility="private")
         gr.Button(visible=False).click(chat_here, [picture, question], answer, preprocess=False, api_name="chat")

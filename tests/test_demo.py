@@ -3,9 +3,12 @@ answers about the bundled example pictures: correctly."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from modeling_mmfuser_llava import demo
 from modeling_mmfuser_llava.cli import main
 from modeling_mmfuser_llava.demo import (
     EXAMPLE_IMAGE,
@@ -17,6 +20,7 @@ from modeling_mmfuser_llava.demo import (
     write_trained_tiny_hub_folder,
 )
 from modeling_mmfuser_llava.experiment.task import QUESTIONS
+from modeling_mmfuser_llava.grounding import format_box, to_padded_square_box
 
 from conftest import bundled_questions
 
@@ -106,3 +110,29 @@ def test_demo_refuses_a_missing_image(tmp_path):
 def test_demo_explains_a_missing_gpu(tmp_path):
     with pytest.raises(ValueError, match="sees no CUDA GPU"):
         run_demo(save_dir=tmp_path / "tiny", device="cuda")
+
+
+def test_demo_saves_the_answer_s_boxes_on_the_picture_in_its_own_frame(tmp_path, capsys, monkeypatch):
+    """An answer's box on the padded square of a wide picture is drawn where it falls on the picture itself."""
+    picture = tmp_path / "wide.png"
+    Image.new("RGB", (100, 50), "white").save(picture)
+    model_box = to_padded_square_box((0.2, 0.2, 0.8, 0.8), 100, 50)  # (0.2, 0.35, 0.8, 0.65): two decimals exact
+    monkeypatch.setattr(demo, "answer", lambda *arguments: f"it is {format_box(model_box)}")
+
+    assert main(["demo", "--image", str(picture), "--prompt", "where is it", "--save-dir", str(tmp_path / "tiny"),
+                 "--save-boxes", str(tmp_path / "boxes.png")]) == 0
+
+    assert printed_fields(capsys.readouterr().out)["boxes"] == str(tmp_path / "boxes.png")
+    drawn = np.asarray(Image.open(tmp_path / "boxes.png").convert("RGB"))
+    red_rows, red_columns = np.nonzero((drawn[..., 0] == 255) & (drawn[..., 1] == 0))
+    assert drawn.shape[:2] == (50, 100)
+    assert (red_columns.min(), red_rows.min(), red_columns.max(), red_rows.max()) == (20, 10, 80, 40)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["boxes.png", "tiny", "wide.png"]  # nothing left over
+
+
+def test_demo_refuses_a_boxes_file_it_cannot_write_before_loading(tmp_path, capsys):
+    assert main(["demo", "--save-boxes", str(tmp_path / "boxes"), "--save-dir", str(tmp_path / "tiny")]) == 2
+    assert "picture format" in capsys.readouterr().err
+    assert main(["demo", "--save-boxes", str(tmp_path / "no" / "boxes.png")]) == 2
+    assert "no folder" in capsys.readouterr().err
+    assert not (tmp_path / "tiny").exists()

@@ -15,7 +15,10 @@ import pytest
 from isolated_venv import cached_venv, run_as_user
 
 from modeling_mmfuser_llava.demo import TRAINED_TINY_MODEL, write_trained_tiny_hub_folder
-from modeling_mmfuser_llava.experiment.evaluation import answers_by_id, score
+from transformers import AutoProcessor
+
+from modeling_mmfuser_llava.experiment.evaluation import MAX_BOX_TOKENS, answers_by_id, grounding_precision, score
+from modeling_mmfuser_llava.grounding import BoxFrame, format_box, to_padded_square_box
 from modeling_mmfuser_llava.integrations.lmms_eval import MODEL_NAME, TASKS_DIR
 
 pytestmark = pytest.mark.integration
@@ -23,7 +26,11 @@ pytestmark = pytest.mark.integration
 CLONE = Path(__file__).resolve().parent.parent
 TASK = "mmfuser_finegrained"
 TASK_DIR = TASKS_DIR / TASK
+GROUNDING_TASK = "mmfuser_grounding"
 LMMS_EVAL_TIMEOUT_SECONDS = 600
+# LLaVA-1.5's questions, as the plugin's RefCOCO tasks must ask them.
+REC_QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: "
+REGION_CAPTION_QUESTION = "Please provide a short description for this region: "
 
 
 def eval_requirements() -> list[str]:
@@ -57,10 +64,10 @@ def reference() -> tuple[dict[str, str], dict[str, float]]:
 
 
 def run_lmms_eval(
-    python: Path, model_dir: Path, output: Path, batch_size: int, processes: int = 1
+    python: Path, model_dir: Path, output: Path, batch_size: int, processes: int = 1, task: str = TASK
 ) -> tuple[dict, dict[str, str]]:
-    """The documented command (with `processes`, under torchrun); returns lmms-eval's results for the task and its
-    answers by question id."""
+    """The documented command (with `processes`, under torchrun); returns lmms-eval's results for the bundled `task`
+    and its answers by question id."""
     installed_tasks = run_as_user(
         python, ["-c", "from modeling_mmfuser_llava.integrations.lmms_eval import TASKS_DIR; print(TASKS_DIR)"],
         cwd=output.parent, timeout=120, installed=True,
@@ -69,18 +76,18 @@ def run_lmms_eval(
     run_as_user(
         python,
         [*launcher, "-m", "lmms_eval", "--model", MODEL_NAME, "--model_args", f"pretrained={model_dir},device=cpu",
-         "--tasks", TASK, "--include_path", installed_tasks, "--batch_size", str(batch_size),
+         "--tasks", task, "--include_path", installed_tasks, "--batch_size", str(batch_size),
          "--output_path", output, "--log_samples"],
         cwd=output.parent, timeout=LMMS_EVAL_TIMEOUT_SECONDS, installed=True,
         HF_HOME=str(output.parent / "hf-home"), HF_DATASETS_OFFLINE="1",
     )
     results_files = sorted(output.rglob("*_results.json"))
-    samples_files = sorted(output.rglob(f"*_samples_{TASK}.jsonl"))
+    samples_files = sorted(output.rglob(f"*_samples_{task}.jsonl"))
     assert len(results_files) == 1 and len(samples_files) == 1, f"lmms-eval wrote {sorted(output.rglob('*'))}"
     samples = [json.loads(line) for line in samples_files[0].read_text().splitlines()]
-    question_ids = [question["id"] for question in json.loads((TASK_DIR / "test.json").read_text())]
+    question_ids = [question["id"] for question in json.loads((TASKS_DIR / task / "test.json").read_text())]
     answers = {question_ids[sample["doc_id"]]: sample["filtered_resps"] for sample in samples}
-    return json.loads(results_files[0].read_text())["results"][TASK], answers
+    return json.loads(results_files[0].read_text())["results"][task], answers
 
 
 def test_lmms_eval_scores_the_toy_task_as_the_project_evaluation(lmms_eval_python, model_dir, reference, tmp_path):
@@ -99,3 +106,48 @@ def test_lmms_eval_scores_the_toy_task_as_the_project_evaluation(lmms_eval_pytho
         assert results["coarse_accuracy,none"] == pytest.approx(accuracy["coarse"])
     # The task is a real test: the tiny model gets most questions right, and not all of them.
     assert 0.5 < accuracy["all"] < 1
+
+
+# COCO-like pictures wider and taller than square, each with a small region near an edge: `[width, height, [left,
+# top, box width, box height]]` in pixels, as lmms-eval's RefCOCO data gives them.
+REFCOCO_PICTURES = [[640, 427, [20, 10, 60, 40]], [427, 640, [300, 500, 80, 100]], [500, 333, [400, 250, 90, 70]]]
+
+
+def test_the_refcoco_tasks_ask_and_score_in_the_model_s_frame(lmms_eval_python, tmp_path):
+    """The sixteen region-level tasks and two groups load in lmms-eval; the region-caption question carries the box
+    in the model's (padded-square) frame; a model grounding perfectly in its own frame scores 1 on the plugin's REC
+    task, and 0 where the answer is scored as lmms-eval's stock task scores it (no frame conversion)."""
+    probe = run_as_user(
+        lmms_eval_python, [CLONE / "tests" / "lmms_eval_refcoco_probe.py", json.dumps(REFCOCO_PICTURES)],
+        cwd=tmp_path, timeout=300, installed=True, HF_HOME=str(tmp_path / "hf-home"), HF_DATASETS_OFFLINE="1",
+    )
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+
+    splits = [("refcoco", "val"), ("refcoco", "testA"), ("refcoco", "testB"), ("refcoco+", "val"),
+              ("refcoco+", "testA"), ("refcoco+", "testB"), ("refcocog", "val"), ("refcocog", "test")]
+    assert found["tasks"] == sorted(f"mmfuser_{data}_bbox{kind}_{split}" for data, split in splits
+                                    for kind in ("", "_rec"))
+    assert found["groups"] == ["mmfuser_rec", "mmfuser_region_caption"]
+    assert found["rec_question"] == f"{REC_QUESTION}the thing"
+    assert found["region_caption_questions"] == [
+        REGION_CAPTION_QUESTION + format_box(to_padded_square_box(
+            (left / width, top / height, (left + box_width) / width, (top + box_height) / height), width, height))
+        for width, height, (left, top, box_width, box_height) in REFCOCO_PICTURES
+    ]
+    assert found["plugin_precision"] == 1
+    assert found["stock_precision"] == 0
+
+
+def test_lmms_eval_scores_the_toy_grounding_as_the_project_evaluation(lmms_eval_python, model_dir, tmp_path):
+    """`mmfuser_grounding` through lmms-eval gives the project evaluation's answers, one by one, and its precision."""
+    task_dir = TASKS_DIR / GROUNDING_TASK
+    answers = answers_by_id(TRAINED_TINY_MODEL, task_dir, max_new_tokens=MAX_BOX_TOKENS)
+    precision = grounding_precision(task_dir, answers, BoxFrame.of(AutoProcessor.from_pretrained(TRAINED_TINY_MODEL)))
+
+    results, lmms_eval_answers = run_lmms_eval(lmms_eval_python, model_dir, tmp_path / "grounding", batch_size=8,
+                                               task=GROUNDING_TASK)
+
+    print(f"\nmmfuser_grounding: lmms-eval precision@0.5 {results['precision,none']}, project evaluation {precision} "
+          f"on {len(answers)} questions", file=sys.stderr)
+    assert lmms_eval_answers == answers
+    assert results["precision,none"] == pytest.approx(precision)

@@ -7,16 +7,20 @@ served page and the API over HTTP, and the page in a browser, are in tests/test_
 import ast
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import SpaceCard
+from PIL import Image
 
 from modeling_mmfuser_llava.cli import main
 from modeling_mmfuser_llava.conversion import ModelCardInfo, build_model_card
 from modeling_mmfuser_llava.demo import answer, bundled_examples, conversation_inputs, user_message
+from modeling_mmfuser_llava.grounding import format_box, to_padded_square_box
 from modeling_mmfuser_llava.web import (
     ChatModel,
     build_app,
+    answer_boxes,
     chat_api,
     conversation,
     generation_settings,
@@ -189,6 +193,19 @@ def test_model_card_links_the_space_when_given(tiny_pristine):
     plain = build_model_card(ModelCardInfo(), model.config, "For a test.", "tiny")
     assert "spaces/" not in plain.text and "For a test.\n\n- Vision layers" in plain.text
 
+
+
+def test_the_page_draws_the_latest_answer_s_boxes_in_the_picture_s_frame(chat_model, tmp_path):
+    picture = tmp_path / "wide.png"
+    Image.new("RGB", (100, 50), "white").save(picture)
+    model_box = to_padded_square_box((0.2, 0.2, 0.8, 0.8), 100, 50)  # (0.2, 0.35, 0.8, 0.65): two decimals exact
+
+    drawn = np.asarray(answer_boxes(chat_model, str(picture), [["where", "red"], ["and now", format_box(model_box)]]))
+
+    red_rows, red_columns = np.nonzero((drawn[..., 0] == 255) & (drawn[..., 1] == 0))
+    assert (red_columns.min(), red_rows.min(), red_columns.max(), red_rows.max()) == (20, 10, 80, 40)
+    assert answer_boxes(chat_model, str(picture), [["and now", format_box(model_box)], ["where", "red"]]) is None
+    assert answer_boxes(chat_model, str(picture), []) is None
 
 
 def bomb_png(path, width: int, height: int):

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--load-in-4bit", action="store_true", help="quantize the language model to 4 bits (nf4)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--save-boxes", metavar="FILE.png",
+                        help="save the picture with the boxes the answer contains drawn on it, in its own frame")
     parser.set_defaults(run=run)
 
 
@@ -38,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
             load_in_4bit=args.load_in_4bit,
             max_new_tokens=args.max_new_tokens,
             overwrite=args.overwrite,
+            save_boxes_to=args.save_boxes,
         )
-    except (FileExistsError, FileNotFoundError) as error:
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"mmfuser-llava demo: error: {error}", file=sys.stderr)
         return 2
     print(f"picture:      {result.image_path}")
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"answer:       {result.answer}")
     if result.expected is not None:
         print(f"right answer: {result.expected}")
+    if result.boxes_path is not None:
+        print(f"boxes:        {result.boxes_path}")
     print(f"model:        {result.model_path}")
     print(f"time:         {result.seconds:.2f} s (load through trust_remote_code + generate)")
     return 0

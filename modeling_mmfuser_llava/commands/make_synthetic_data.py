@@ -18,8 +18,9 @@ def register(subparsers) -> None:
     parser.add_argument("--num-test", type=int, default=300, help="finegrained only: test pictures")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--kind", choices=("captions", "instructions", "finegrained"), default="instructions",
+        "--kind", choices=("captions", "instructions", "grounding", "finegrained"), default="instructions",
         help="captions: stage-1 style (--version plain); instructions: stage-2 style (--version v1); "
+        "grounding: referring questions answered with a box on the padded square (--version v1); "
         "finegrained: the toy experiment's task",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")

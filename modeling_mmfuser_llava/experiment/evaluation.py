@@ -1,4 +1,5 @@
-"""Test-set accuracy of a trained model on the task: greedy answers, exact match, fine and coarse questions apart."""
+"""Test-set accuracy of a trained model on the task: greedy answers, exact match, fine and coarse questions apart;
+and precision at IoU 0.5 on referring questions (`make-synthetic-data --kind grounding`)."""
 
 import json
 from collections import defaultdict
@@ -8,11 +9,14 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from ..demo import answer_batch
+from ..grounding import BoxFrame, box_iou, first_box
 from ..modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
 from .task import FILES, IMAGE_DIR
 
 # The task's answers are single words; the experiment scores the first six new tokens.
 MAX_ANSWER_TOKENS = 6
+# A box, `[0.12, 0.34, 0.56, 0.78]`, is about 25 tokens.
+MAX_BOX_TOKENS = 32
 
 
 def evaluate(model_dir: str | Path, task_dir: str | Path, batch_size: int = 50) -> dict[str, float]:
@@ -33,7 +37,23 @@ def score(task_dir: str | Path, answers: dict[str, str]) -> dict[str, float]:
     return {group: sum(results) / len(results) for group, results in correct.items()}
 
 
-def answers_by_id(model_dir: str | Path, task_dir: str | Path, batch_size: int = 50) -> dict[str, str]:
+def grounding_precision(task_dir: str | Path, answers: dict[str, str], frame: BoxFrame) -> float:
+    """Precision at IoU 0.5 of `answers` (by question id) over `test.json`: each answer's first box, mapped from the
+    model's `frame` to the picture's, against the sample's `bbox`; an answer without a box misses."""
+    task_dir = Path(task_dir)
+    hits = []
+    for sample in json.loads((task_dir / FILES["test"]).read_text()):
+        box = first_box(answers[sample["id"]])
+        if box is not None:
+            with Image.open(task_dir / IMAGE_DIR / sample["image"]) as image:
+                box = frame.to_image(box, *image.size)
+        hits.append(box is not None and box_iou(box, sample["bbox"]) >= 0.5)
+    return sum(hits) / len(hits)
+
+
+def answers_by_id(
+    model_dir: str | Path, task_dir: str | Path, batch_size: int = 50, max_new_tokens: int = MAX_ANSWER_TOKENS
+) -> dict[str, str]:
     """The model's greedy answer to each question of `test.json`, by sample id."""
     task_dir = Path(task_dir)
     model = MMFuserLlavaForConditionalGeneration.from_pretrained(model_dir).eval()
@@ -47,9 +67,9 @@ def answers_by_id(model_dir: str | Path, task_dir: str | Path, batch_size: int =
             with Image.open(task_dir / IMAGE_DIR / sample["image"]) as image:
                 images.append(image.convert("RGB"))
         questions = [sample["conversations"][0]["value"].removeprefix("<image>\n") for sample in batch]
-        generated = answer_batch(model, processor, images, questions, max_new_tokens=MAX_ANSWER_TOKENS)
+        generated = answer_batch(model, processor, images, questions, max_new_tokens=max_new_tokens)
         answers.update({sample["id"]: answer for sample, answer in zip(batch, generated)})
     return answers
 
 
-__all__ = ["MAX_ANSWER_TOKENS", "answers_by_id", "evaluate", "score"]
+__all__ = ["MAX_ANSWER_TOKENS", "MAX_BOX_TOKENS", "answers_by_id", "evaluate", "grounding_precision", "score"]

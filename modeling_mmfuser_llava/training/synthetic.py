@@ -3,7 +3,9 @@
 Small enough to train on a CPU in seconds, and learnable: a model that reads the image can drive its loss down (the
 shape, colour and count are in the picture only). Two layouts, matching the two stages:
 - "captions": one image and one caption per sample (LLaVA-Pretrain style, for `--version plain`);
-- "instructions": one or two question/answer rounds per image, plus some text-only samples (mix665k style, `v1`).
+- "instructions": one or two question/answer rounds per image, plus some text-only samples (mix665k style, `v1`);
+- "grounding": LLaVA-1.5's referring question about one of a few shapes on a clearly non-square picture, answered with
+  its box in the model's frame (the picture padded to a square), so a model that ignores the padding is wrong.
 """
 
 import json
@@ -13,6 +15,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw
 
+from ..grounding import format_box, to_padded_square_box
 from ..hub_folder import staged_output
 
 SHAPES = ("circle", "square", "triangle")
@@ -26,6 +29,8 @@ TEXT_ONLY = (
 )
 DATA_FILE = "data.json"
 IMAGE_DIR = "images"
+KINDS = ("captions", "instructions", "grounding")
+GROUNDING_QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: "
 
 
 def draw_scene(rng: random.Random, shape: str, colour: str, count: int, background: str) -> Image.Image:
@@ -39,14 +44,44 @@ def draw_scene(rng: random.Random, shape: str, colour: str, count: int, backgrou
         size = rng.randint(largest // 2, largest)
         left = position * cell + rng.randint(0, max(0, cell - size))
         top = rng.randint(0, height - size)
-        box = (left, top, left + size, top + size)
-        if shape == "circle":
-            draw.ellipse(box, fill=COLOURS[colour])
-        elif shape == "square":
-            draw.rectangle(box, fill=COLOURS[colour])
-        else:
-            draw.polygon([(left + size / 2, top), (left, top + size), (left + size, top + size)], fill=COLOURS[colour])
+        draw_shape(draw, shape, colour, (left, top, left + size, top + size))
     return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour: str, box: tuple[int, int, int, int]) -> None:
+    """One shape filling the pixel box `(left, top, right, bottom)`."""
+    left, top, right, bottom = box
+    if shape == "circle":
+        draw.ellipse(box, fill=COLOURS[colour])
+    elif shape == "square":
+        draw.rectangle(box, fill=COLOURS[colour])
+    else:
+        draw.polygon([((left + right) / 2, top), (left, bottom), (right, bottom)], fill=COLOURS[colour])
+
+
+def grounding_scene(rng: random.Random) -> tuple[Image.Image, str, tuple[float, float, float, float]]:
+    """Two or three shapes, no two of one shape or one colour, along the long side of a picture about twice as wide as
+    tall (or tall as wide); returns the picture, one shape's description and its box normalised to the picture."""
+    long_side, short_side = rng.randint(48, 64), rng.randint(24, 32)
+    wide = rng.random() < 0.5
+    width, height = (long_side, short_side) if wide else (short_side, long_side)
+    image = Image.new("RGB", (width, height), BACKGROUNDS[rng.choice(list(BACKGROUNDS))])
+    draw = ImageDraw.Draw(image)
+    count = rng.randint(2, 3)
+    objects = list(zip(rng.sample(SHAPES, count), rng.sample(list(COLOURS), count)))
+    cell = long_side // len(objects)
+    boxes = []
+    for position, (shape, colour) in enumerate(objects):
+        size = rng.randint(min(cell, short_side) // 2, min(cell, short_side) - 2)
+        along = position * cell + rng.randint(0, cell - size - 1)
+        across = rng.randint(0, short_side - size - 1)
+        left, top = (along, across) if wide else (across, along)
+        draw_shape(draw, shape, colour, (left, top, left + size, top + size))
+        # ImageDraw fills the box's last row and column too: the shape covers size + 1 pixels.
+        boxes.append((left / width, top / height, (left + size + 1) / width, (top + size + 1) / height))
+    target = rng.randrange(len(objects))
+    shape, colour = objects[target]
+    return image, f"the {colour} {shape}", boxes[target]
 
 
 def describe_scene(shape: str, colour: str, count: int) -> str:
@@ -57,7 +92,7 @@ def make_synthetic_dataset(
     output_dir: str | Path,
     num_samples: int = 64,
     seed: int = 0,
-    kind: Literal["captions", "instructions"] = "instructions",
+    kind: Literal["captions", "instructions", "grounding"] = "instructions",
     text_only_fraction: float = 0.15,
     overwrite: bool = False,
 ) -> Path:
@@ -65,8 +100,8 @@ def make_synthetic_dataset(
 
     Use `--data_path OUT/data.json --image_folder OUT/images`. The same seed gives the same files.
     """
-    if kind not in ("captions", "instructions"):
-        raise ValueError(f"kind must be 'captions' or 'instructions', got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     rng = random.Random(seed)
@@ -78,6 +113,14 @@ def make_synthetic_dataset(
             if kind == "instructions" and rng.random() < text_only_fraction:
                 question, answer = rng.choice(TEXT_ONLY)
                 samples.append({"id": sample_id, "conversations": turns((question, answer))})
+                continue
+            if kind == "grounding":
+                image, description, box = grounding_scene(rng)
+                image.save(staging / IMAGE_DIR / f"{sample_id}.png")
+                answer = format_box(to_padded_square_box(box, *image.size))
+                conversation = turns((f"<image>\n{GROUNDING_QUESTION}{description}", answer))
+                samples.append({"id": sample_id, "image": f"{sample_id}.png", "conversations": conversation,
+                                "bbox": list(box)})  # the picture's own frame, for scoring
                 continue
             shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
             count, background = rng.randint(1, 3), rng.choice(list(BACKGROUNDS))
@@ -104,4 +147,4 @@ def turns(*rounds: tuple[str, str]) -> list[dict[str, str]]:
                                                              {"from": "gpt", "value": answer})]
 
 
-__all__ = ["DATA_FILE", "IMAGE_DIR", "make_synthetic_dataset"]
+__all__ = ["DATA_FILE", "GROUNDING_QUESTION", "IMAGE_DIR", "KINDS", "make_synthetic_dataset"]
