@@ -7,7 +7,7 @@ folders: the bundled trained tiny model as `mmfuser-llava demo --save-dir` write
 untrained tiny model with a perturbed fuser (negative indices), where reading any other vision layer changes the logits.
 Loading the processor with `trust_remote_code=True` must be silent there (standard input closed: a prompt fails).
 
-Adding a release to the matrix is one line in TRANSFORMERS_RELEASES.
+Adding a release to the matrix is one line in tests/transformers_releases.py.
 """
 
 import json
@@ -19,30 +19,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from isolated_venv import cached_venv, run_as_user
+from isolated_venv import run_as_user
 from modeling_mmfuser_llava.configuration_mmfuser_llava import check_transformers_release
 from modeling_mmfuser_llava.demo import TRAINED_TINY_EXAMPLES, bundled_examples, write_trained_tiny_hub_folder
 from modeling_mmfuser_llava.hub_folder import save_hub_folder
 from modeling_mmfuser_llava.tiny import build_tiny_model
 from transformers_release_probe import case_outputs
+from transformers_releases import TRANSFORMERS_RELEASES, release_python
 
 from conftest import perturb_fuser
 
 pytestmark = pytest.mark.integration
 
 PINNED_TRANSFORMERS = version("transformers")  # the dev venv's release (pyproject's dev extra)
-TRANSFORMERS_RELEASES = [
-    "5.16.1",
-    "5.17.0",
-    "5.19.0",
-    "5.20.2",
-    "5.21.1",
-    "5.22.2",
-    PINNED_TRANSFORMERS,
-    "5.24.0",
-]
-# Besides torch and transformers, what loading a folder and its processor needs on a user's machine.
-LOADING_REQUIREMENTS = ["pillow", "jinja2"]
 LOGIT_TOLERANCE = 1e-5
 PROBE = Path(__file__).with_name("transformers_release_probe.py")
 
@@ -82,11 +71,6 @@ def hub_folders(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
 def references(hub_folders) -> dict[str, tuple[dict[str, torch.Tensor], list[str]]]:
     """Logits and answers under the pinned release, loaded the same way (trust_remote_code) in this process."""
     return {name: case_outputs(folder, cases) for name, (folder, cases) in hub_folders.items()}
-
-
-def release_python(release: str) -> Path:
-    requirements = [f"transformers=={release}", *LOADING_REQUIREMENTS]
-    return cached_venv(f"transformers-{release}", requirements, share_torch=True)
 
 
 @pytest.mark.parametrize("release", TRANSFORMERS_RELEASES)
