@@ -33,6 +33,15 @@ from .fusion_variants import build_fuser, build_projector, init_fusion_variant_w
 SELECTS_HIDDEN_STATES_BY_INDEX = transformers_release() >= (5, 23, 0)
 
 
+def _selected_indices(output_hidden_states) -> list[int] | None:
+    """The indices a caller's `output_hidden_states` selects (an index or a list of them); None for True/False/None."""
+    if output_hidden_states is None or isinstance(output_hidden_states, bool):
+        return None
+    if isinstance(output_hidden_states, int):
+        return [output_hidden_states]
+    return list(output_hidden_states)
+
+
 class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
     config: MMFuserLlavaConfig
     _no_split_modules = ["MMFuserBlock", "MMFuserAttentionVariantBlock"]
@@ -127,11 +136,23 @@ class MMFuserLlavaModel(MMFuserLlavaPreTrainedModel, LlavaModel):
                 f"tower, got {tuple(pixel_values.shape)}: preprocess images with the model's processor"
             )
         layers = [*self.config.fuser_key_value_layers, vision_feature_layer]
-        if not kwargs.get("output_hidden_states"):
-            # Keep only these layers' outputs in the one vision pass, where the release allows it.
-            kwargs["output_hidden_states"] = layers if SELECTS_HIDDEN_STATES_BY_INDEX else True
+        requested = kwargs.get("output_hidden_states")
+        selected = _selected_indices(requested)
+        if requested is not True:
+            # Keep only these layers' outputs in the one vision pass, where the release allows it. A caller's own
+            # selection is widened to them, since the fuser needs them whatever the caller keeps: transformers 5.24's
+            # Llava forward passes the `output_hidden_states=[...]` given to `forward` (meant for the language model's
+            # hidden states) down to here, and its own Llava fails there when the list misses `vision_feature_layer`.
+            widened = layers if selected is None else sorted({*selected, *layers})
+            kwargs["output_hidden_states"] = widened if SELECTS_HIDDEN_STATES_BY_INDEX else True
         image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
         maps = self._fuser_input_maps(image_outputs.hidden_states, layers)
+        if selected is not None and SELECTS_HIDDEN_STATES_BY_INDEX:  # the caller gets the entries it selected only
+            count = len(image_outputs.hidden_states)
+            kept = {index % count for index in selected if -count <= index < count}
+            image_outputs.hidden_states = tuple(
+                state if index in kept else None for index, state in enumerate(image_outputs.hidden_states)
+            )
         if vision_feature_select_strategy == "default":
             maps = [feature_map[:, 1:] for feature_map in maps]
         image_features = self.multi_modal_projector(self.fuser(maps[-1], maps[:-1]))

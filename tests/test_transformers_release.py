@@ -86,6 +86,25 @@ def test_a_shorter_hidden_states_tuple_is_refused_not_misread(tiny, images, monk
         model.model.get_image_features(pixel_values)
 
 
+def test_a_caller_selection_of_hidden_states_neither_starves_the_fuser_nor_widens_what_it_gets(tiny, images):
+    """transformers 5.24's Llava forward passes the `output_hidden_states=[...]` given to `forward` down to
+    `get_image_features`: the fuser still reads its layers (the same features as without), and the caller gets the
+    tower's entries it selected, the others None, as the release's own selection gives them."""
+    model, processor = tiny
+    model.config.fuser_key_value_layers = (3, 8, 13, 18)
+    model.config.vision_feature_layer = 23
+    pixel_values = chat(processor, ["What is in this image?"], images[:1])["pixel_values"]
+    with torch.no_grad():
+        unselected = model.model.get_image_features(pixel_values)
+        selected = model.model.get_image_features(pixel_values, output_hidden_states=[0, 2, -1])
+        full = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(selected.pooler_output, unselected.pooler_output, rtol=0, atol=0)
+    assert len(selected.hidden_states) == len(full) == 25
+    assert [index for index, state in enumerate(selected.hidden_states) if state is not None] == [0, 2, 24]
+    for index in (0, 2, 24):
+        torch.testing.assert_close(selected.hidden_states[index], full[index], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("version", ["5.16.1", "5.17.0", "5.23.0", "5.24.0", "5.24.3", "5.24.0.dev0"])
 def test_releases_in_the_proven_range_are_accepted(version):
     with warnings.catch_warnings():
