@@ -1,4 +1,4 @@
-"""transformers' common model and config tests (ModelTesterMixin, ConfigTester of the pinned release) on MMFuser-LLaVA.
+"""transformers' common model and config tests (ModelTesterMixin, ConfigTester of the running release) on MMFuser-LLaVA.
 
 A tiny MMFuser-LLaVA in the shape of transformers' Llava test: a 2-layer CLIP tower whose two hidden states after the
 embeddings feed the fuser, a 2-layer Llama, one image per sample. Tests that cannot apply to MMFuser are skipped with
@@ -18,9 +18,13 @@ from modeling_mmfuser_llava import (
     MMFuserLlavaModel,
 )
 
-from .generation.test_utils import GenerationTesterMixin
-from .test_configuration_common import ConfigTester
-from .test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
+from . import use_transformers_tests
+
+use_transformers_tests()  # transformers' own test files of the running release, fetched from its sdist (cached)
+
+from .generation.test_utils import GenerationTesterMixin  # noqa: E402  (the project's stand-in)
+from .test_configuration_common import ConfigTester  # noqa: E402  (transformers')
+from .test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor  # noqa: E402  (transformers')
 
 
 class MMFuserLlavaModelTester:
