@@ -60,20 +60,44 @@ def cached_venv(
     }
     if share_torch:
         recipe["shared_torch"] = str(_site_packages(cached_venv("torch", [torch_spec or "torch"], uninstall=())))
+
+    def build(venv: Path) -> list[str]:
+        python = venv / "bin" / "python"
+        _build(venv, python, torch_spec, requirements, constraints, uninstall, recipe.get("shared_torch"))
+        return _run([python, "-m", "pip", "freeze"]).stdout.split()
+
+    return _cached_build(name, recipe, build) / "bin" / "python"
+
+
+def cached_packages(name: str, requirements: Sequence[str]) -> Path:
+    """A folder holding ``requirements`` (pure-Python packages, pip's syntax) and their dependencies, installed with
+    ``pip install --target``, built on first use and cached like a venv: tools a venv of a user's packages lacks (a
+    test runner), which a process of that venv appends to ``sys.path`` after its own packages."""
+    recipe = {"python": sys.version.split()[0], "target": list(requirements)}
+
+    def build(folder: Path) -> list[str]:
+        _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", folder,
+              *requirements])
+        return sorted(path.name for path in folder.glob("*.dist-info"))
+
+    return _cached_build(name, recipe, build)
+
+
+def _cached_build(name: str, recipe: dict, build) -> Path:
+    """``cache_root()/venvs/<name>-<hash of recipe>``, made by ``build(folder)`` (which returns what it installed) on
+    first use; a stamp written last marks it complete, and concurrent callers wait for one build."""
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     root = cache_root() / "venvs"
     root.mkdir(parents=True, exist_ok=True)
-    venv = root / f"{name}-{key}"
-    python = venv / "bin" / "python"
+    folder = root / f"{name}-{key}"
     with open(root / f"{name}-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (venv / STAMP).exists():
-            return python
-        shutil.rmtree(venv, ignore_errors=True)  # an interrupted build
-        _build(venv, python, torch_spec, requirements, constraints, uninstall, recipe.get("shared_torch"))
-        frozen = _run([python, "-m", "pip", "freeze"]).stdout.split()
-        (venv / STAMP).write_text(json.dumps({**recipe, "installed": frozen}, indent=1))
-    return python
+        if (folder / STAMP).exists():
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)  # an interrupted build
+        installed = build(folder)
+        (folder / STAMP).write_text(json.dumps({**recipe, "installed": installed}, indent=1))
+    return folder
 
 
 def _site_packages(python: Path) -> Path:
