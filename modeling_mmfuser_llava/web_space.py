@@ -1,11 +1,12 @@
 """A Hugging Face Space folder that serves `mmfuser-llava web` for one model (`mmfuser-llava web --write-space`).
 
-The Space runs without this package: it carries the page (`web.py`) and its loading code (`demo.py`) as a small
-package beside `app.py`, as a Hub model repo carries its modeling files; the model's own code comes with its weights
+The Space runs without this package: it carries the page (`web.py`) and the modules it imports from this package
+(`carried_modules`: its loading code, its box drawing) as a small package beside `app.py`, as a Hub model repo carries its modeling files; the model's own code comes with its weights
 (trust_remote_code). `requirements.txt` is this package's own dependencies and its `[web]` extra, read from its
 installed metadata, so the Space gets the tested ranges.
 """
 
+import ast
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +20,7 @@ from .hub_folder import staged_output
 
 DISTRIBUTION = "mmfuser-llava"
 SPACE_PACKAGE = "mmfuser_llava_web"
-CARRIED_MODULES = ("web.py", "demo.py")
+PAGE_MODULE = "web.py"
 
 APP = '''"""The MMFuser-LLaVA chat page for {model}, written by `mmfuser-llava web --write-space`."""
 
@@ -71,6 +72,24 @@ def space_requirements(load_in_4bit: bool = False) -> list[str]:
     return requirements
 
 
+def carried_modules(package_dir: Path, start: str = PAGE_MODULE) -> list[str]:
+    """`start` and every module of `package_dir` it reaches through module-level relative imports: what the Space
+    must carry (imports inside functions serve this package's own commands, such as building the tiny model)."""
+    carried, pending = set(), [start]
+    while pending:
+        module = pending.pop()
+        if module in carried:
+            continue
+        carried.add(module)
+        tree = ast.parse((package_dir / module).read_text(), filename=module)
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module is None:  # `from . import name`
+                    raise ValueError(f"{module}: carried modules import siblings by name (`from .name import ...`)")
+                pending.append(f"{node.module.replace('.', '/')}.py")
+    return sorted(carried)
+
+
 def write_space(
     output_dir: str | Path, model: str, load_in_4bit: bool = False, overwrite: bool = False, space_id: str | None = None
 ) -> Path:
@@ -99,11 +118,11 @@ def write_space(
         package = staging / SPACE_PACKAGE
         package.mkdir()
         (package / "__init__.py").write_text('"""The page of `mmfuser-llava web`, carried by this Space."""\n')
-        for module in CARRIED_MODULES:
+        for module in carried_modules(package_dir):
             shutil.copyfile(package_dir / module, package / module)
         (package / "assets").mkdir()
         shutil.copyfile(EXAMPLE_IMAGE, package / "assets" / EXAMPLE_IMAGE.name)  # the page's example
     return Path(output_dir)
 
 
-__all__ = ["space_requirements", "write_space"]
+__all__ = ["carried_modules", "space_requirements", "write_space"]

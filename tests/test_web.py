@@ -157,8 +157,12 @@ def test_space_folder_runs_the_page_for_the_model(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"wrote {space}"
     assert sorted(path.relative_to(space).as_posix() for path in space.rglob("*") if path.is_file()) == [
         "README.md", "app.py", "mmfuser_llava_web/__init__.py", "mmfuser_llava_web/assets/example.png",
-        "mmfuser_llava_web/demo.py", "mmfuser_llava_web/web.py", "requirements.txt",
+        "mmfuser_llava_web/demo.py", "mmfuser_llava_web/grounding.py", "mmfuser_llava_web/web.py", "requirements.txt",
     ]
+    for module in (space / "mmfuser_llava_web").glob("*.py"):  # what the page imports on loading, it carries
+        for node in ast.parse(module.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert (space / "mmfuser_llava_web" / f"{node.module}.py").is_file(), (module.name, node.module)
     card = SpaceCard.load(space / "README.md")
     assert (card.data.sdk, card.data.sdk_version, card.data.app_file) == ("gradio", gr.__version__, "app.py")
     assert card.data.models == ["someone/mmfuser-llava-7b"] and 'Client("someone/chat")' in card.text

@@ -7,23 +7,10 @@ bundled trained tiny model was evaluated on; `mmfuser-llava experiment`'s `evalu
 
 from pathlib import Path
 
-from PIL import Image
+from modeling_mmfuser_llava.integrations.lmms_eval.bundled_docs import BundledDocs
 
-IMAGES = Path(__file__).parent / "images"
-IMAGE_PREFIX = "<image>\n"
-
-
-def doc_to_visual(doc: dict) -> list[Image.Image]:
-    with Image.open(IMAGES / doc["image"]) as image:
-        return [image.convert("RGB")]
-
-
-def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    return doc["conversations"][0]["value"].removeprefix(IMAGE_PREFIX)
-
-
-def doc_to_target(doc: dict) -> str:
-    return doc["conversations"][1]["value"]
+DOCS = BundledDocs(Path(__file__).parent / "images")
+doc_to_visual, doc_to_text, doc_to_target = DOCS.doc_to_visual, DOCS.doc_to_text, DOCS.doc_to_target
 
 
 def process_results(doc: dict, results: list[str]) -> dict:

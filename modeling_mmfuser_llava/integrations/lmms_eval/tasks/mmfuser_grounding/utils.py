@@ -8,33 +8,19 @@ in the yaml is the evaluation's `MAX_BOX_TOKENS`.
 from pathlib import Path
 
 from lmms_eval.tasks.refcoco.utils_rec import refcoco_bbox_rec_acc05  # noqa: F401 (the yaml's aggregation)
-from PIL import Image
 
 from modeling_mmfuser_llava.grounding import first_box, project_frame
+from modeling_mmfuser_llava.integrations.lmms_eval.bundled_docs import BundledDocs
 
-IMAGES = Path(__file__).parent / "images"
-IMAGE_PREFIX = "<image>\n"
+DOCS = BundledDocs(Path(__file__).parent / "images")
+doc_to_visual, doc_to_text, doc_to_target = DOCS.doc_to_visual, DOCS.doc_to_text, DOCS.doc_to_target
 MODEL_FRAME = project_frame()
 NO_BOX = (0.0, 0.0, 0.0, 0.0)  # scores no overlap, as lmms-eval's own REC parser does for an answer without a box
-
-
-def doc_to_visual(doc: dict) -> list[Image.Image]:
-    with Image.open(IMAGES / doc["image"]) as image:
-        return [image.convert("RGB")]
-
-
-def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    return doc["conversations"][0]["value"].removeprefix(IMAGE_PREFIX)
-
-
-def doc_to_target(doc: dict) -> str:
-    return doc["conversations"][1]["value"]
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
     """The answer's first box in the picture's frame, beside the ground truth, for lmms-eval's precision@0.5."""
     box = first_box(results[0])
     if box is not None:
-        with Image.open(IMAGES / doc["image"]) as image:
-            box = MODEL_FRAME.to_image(box, *image.size)
+        box = MODEL_FRAME.to_image(box, *DOCS.picture_size(doc))
     return {"precision": {"pred": list(box or NO_BOX), "bbox": doc["bbox"]}}
