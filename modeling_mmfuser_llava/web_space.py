@@ -1,8 +1,8 @@
 """A Hugging Face Space folder that serves `mmfuser-llava web` for one model (`mmfuser-llava web --write-space`).
 
 The Space runs without this package: it carries the page (`web.py`) and the modules it imports from this package
-(`carried_modules`: its loading code, its box drawing) as a small package beside `app.py`, as a Hub model repo carries its modeling files; the model's own code comes with its weights
-(trust_remote_code). `requirements.txt` is this package's own dependencies and its `[web]` extra, read from its
+(`carried_modules`: its loading code, its box drawing) as a small package beside `app.py`, as a Hub model repo
+carries its modeling files; the model's own code comes with its weights (trust_remote_code). `requirements.txt` is this package's own dependencies and its `[web]` extra, read from its
 installed metadata, so the Space gets the tested ranges.
 """
 
@@ -84,9 +84,9 @@ def carried_modules(package_dir: Path, start: str = PAGE_MODULE) -> list[str]:
         tree = ast.parse((package_dir / module).read_text(), filename=module)
         for node in tree.body:
             if isinstance(node, ast.ImportFrom) and node.level == 1:
-                if node.module is None:  # `from . import name`
-                    raise ValueError(f"{module}: carried modules import siblings by name (`from .name import ...`)")
-                pending.append(f"{node.module.replace('.', '/')}.py")
+                if node.module is None or "." in node.module:  # the Space's package is one flat folder
+                    raise ValueError(f"{module}: a carried module imports its siblings as `from .name import ...`")
+                pending.append(f"{node.module}.py")
     return sorted(carried)
 
 
