@@ -2,8 +2,9 @@
 
 The Space runs without this package: it carries the page (`web.py`) and the modules it imports from this package
 (`carried_modules`: its loading code, its box drawing) as a small package beside `app.py`, as a Hub model repo
-carries its modeling files; the model's own code comes with its weights (trust_remote_code). `requirements.txt` is this package's own dependencies and its `[web]` extra, read from its
-installed metadata, so the Space gets the tested ranges.
+carries its modeling files; the model's own code comes with its weights (trust_remote_code). `requirements.txt` is
+this package's own dependencies and its `[web]` extra, read from its installed metadata, so the Space gets the tested
+ranges.
 """
 
 import ast
