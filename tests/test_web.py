@@ -28,7 +28,7 @@ from modeling_mmfuser_llava.web import (
     open_picture,
     respond,
 )
-from modeling_mmfuser_llava.web_space import space_requirements, write_space
+from modeling_mmfuser_llava.web_space import carried_modules, space_requirements, write_space
 
 GREEDY = generation_settings()
 
@@ -178,6 +178,16 @@ def test_space_folder_runs_the_page_for_the_model(tmp_path, capsys):
     assert [line for line in space_requirements(load_in_4bit=True) if line not in requirements][0].startswith(
         "bitsandbytes")
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".space.partial")]
+
+
+def test_carried_modules_follow_module_level_relative_imports(tmp_path):
+    (tmp_path / "web.py").write_text("import os\nfrom .demo import load\n")
+    (tmp_path / "demo.py").write_text("from .boxes import draw\ndef build():\n    from .tiny import make\n")
+    (tmp_path / "boxes.py").write_text("from .demo import load\n")
+    assert carried_modules(tmp_path) == ["boxes.py", "demo.py", "web.py"]  # not tiny.py, imported in a function
+    (tmp_path / "boxes.py").write_text("from . import demo\n")
+    with pytest.raises(ValueError, match="boxes.py: a carried module imports its siblings as"):
+        carried_modules(tmp_path)
 
 
 def test_space_writer_refuses_a_non_empty_folder(tmp_path, capsys):
