@@ -114,6 +114,10 @@ class MMFuserLlavaConfig(LlavaConfig):
             structure, zero gates and parameter names stay the same; only `fuser_fusion="mmfuser"` uses attention.
         fuser_sra_pool_size (`int`, defaults to 7):
             Side of the pooled key/value map of `"linear_sra"` (PVTv2 pools to 7x7); at most the patch grid's side.
+        fuser_self_attention (`bool`, defaults to `True`):
+            Whether the MMFuser block refines its cross-attention's output with deformable self-attention (the
+            paper's design). `False` keeps the cross-attention alone, Table VIII's middle row; its checkpoints hold no
+            `self_attn`, `norm1` or `gamma2`. Only `fuser_fusion="mmfuser"` has the block.
         fuser_fusion (`str`, defaults to `"mmfuser"`):
             How the selected layers are combined (paper, Table I), always over `fuser_key_value_layers` followed by
             the query layer `vision_feature_layer`:
@@ -138,6 +142,7 @@ class MMFuserLlavaConfig(LlavaConfig):
     # Plain `str` (not Literal), so that a wrong value raises the ValueError of `check_fuser_settings`.
     fuser_attention_type: str = "deformable"
     fuser_sra_pool_size: int = 7
+    fuser_self_attention: bool = True
     fuser_fusion: str = "mmfuser"
 
     def __post_init__(self, **kwargs):
@@ -198,6 +203,11 @@ class MMFuserLlavaConfig(LlavaConfig):
             raise ValueError(
                 f"fuser_attention_type={self.fuser_attention_type!r} applies to fuser_fusion='mmfuser' only; "
                 f"fuser_fusion={self.fuser_fusion!r} has no attention: leave fuser_attention_type at 'deformable'"
+            )
+        if self.fuser_fusion != "mmfuser" and not self.fuser_self_attention:
+            raise ValueError(
+                f"fuser_self_attention=False applies to fuser_fusion='mmfuser' only; fuser_fusion="
+                f"{self.fuser_fusion!r} has no attention: leave fuser_self_attention at True"
             )
         if self.fuser_num_heads < 1 or vision.hidden_size % self.fuser_num_heads:
             raise ValueError(

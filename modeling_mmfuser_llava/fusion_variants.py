@@ -89,7 +89,7 @@ class MMFuserAttentionVariantBlock(MMFuserBlock):
     def __init__(self, config: MMFuserLlavaConfig):
         super().__init__(config)
         hidden_size, num_heads = config.vision_config.hidden_size, config.fuser_num_heads
-        for name in ("cross_attn", "self_attn"):
+        for name in self.attention_names():
             if config.fuser_attention_type == "global":
                 attention = MMFuserGlobalAttention(hidden_size, num_heads)
             else:
@@ -180,8 +180,8 @@ def init_fusion_variant_weights(module: nn.Module) -> None:
     Attention projections as the deformable attention's value/output projections: Xavier-uniform, zero bias.
     """
     if isinstance(module, MMFuserAttentionVariantBlock):
-        for attention in (module.cross_attn, module.self_attn):
-            for projection in attention.projections():
+        for name in module.attention_names():
+            for projection in getattr(module, name).projections():
                 init.xavier_uniform_(projection.weight)
                 init.zeros_(projection.bias)
     elif isinstance(module, MMFuserWeightedAverage):

@@ -78,8 +78,10 @@ class MMFuserLlavaPreTrainedModel(LlavaPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, MMFuserBlock):
             init.zeros_(module.gamma1)
-            init.zeros_(module.gamma2)
-            for attention in (module.cross_attn, module.self_attn):
+            if module.use_self_attention:
+                init.zeros_(module.gamma2)
+            for name in module.attention_names():
+                attention = getattr(module, name)
                 if isinstance(attention, MMFuserDeformableAttention):
                     self._init_deformable_attention(attention)
         init_fusion_variant_weights(module)

@@ -1,5 +1,6 @@
-"""The paper's alternative fusions (Table I) and attention types (Table VII): config, shapes, initialisation,
-gradients, and loading through trust_remote_code where the package is not importable."""
+"""The paper's alternative fusions (Table I), attention types (Table VII) and the block without self-attention
+(Table VIII): config, shapes, initialisation, gradients, and loading through trust_remote_code where the package is
+not importable."""
 
 import sys
 import textwrap
@@ -35,10 +36,14 @@ VARIANTS = {
     "average": (dict(fuser_fusion="average"), MMFuserAverage),
     "weighted_average": (dict(fuser_fusion="weighted_average"), MMFuserWeightedAverage),
     "none": (dict(fuser_fusion="none"), MMFuserQueryLayer),
+    "cross_attention_only": (dict(fuser_self_attention=False), MMFuserBlock),
+    "global_cross_attention_only": (dict(fuser_attention_type="global", fuser_self_attention=False),
+                                    MMFuserAttentionVariantBlock),
 }
 # Variants that start as the query layer exactly (the MMFuser block's zero gates, the one-hot weighted average), and
 # the one that stays so.
-STARTS_AS_QUERY = ("global", "linear_sra", "weighted_average", "none")
+STARTS_AS_QUERY = ("global", "linear_sra", "weighted_average", "none", "cross_attention_only",
+                   "global_cross_attention_only")
 # Variants that learn a fusion of the layers: all but the single-layer baseline.
 FUSING = tuple(name for name in VARIANTS if name != "none")
 
@@ -64,6 +69,8 @@ def random_maps(config: MMFuserLlavaConfig, batch: int = 2, seed: int = 0) -> tu
         (dict(fuser_fusion="average", fuser_attention_type="global"), "fuser_attention_type", "fuser_fusion='mmfuser'"),
         (dict(fuser_attention_type="linear_sra", fuser_sra_pool_size=0), "fuser_sra_pool_size", "grid's side 24"),
         (dict(fuser_attention_type="linear_sra", fuser_sra_pool_size=25), "fuser_sra_pool_size", "grid's side 24"),
+        (dict(fuser_fusion="concat", fuser_self_attention=False), "fuser_self_attention", "fuser_fusion='mmfuser'"),
+        (dict(fuser_self_attention="no"), "fuser_self_attention", "expected bool"),
     ],
 )
 def test_invalid_variant_settings_name_the_field(settings, field, allowed):
@@ -94,6 +101,34 @@ def test_variant_shapes(variant_models, images, name):
         logits = model(**inputs).logits
     assert logits.shape == (*inputs["input_ids"].shape, config.text_config.vocab_size)
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ["cross_attention_only", "global_cross_attention_only"])
+def test_cross_attention_only_is_the_full_block_with_its_self_attention_gate_shut(variant_models, name):
+    """Table VIII's middle row: `query + gamma1 * CrossAttn(...)`, which the full block with the same weights computes
+    once `gamma2` is zero; the full block's self-attention, norm and gate are absent from the checkpoint."""
+    cross_only = variant_models[name][0].model.fuser
+    assert variant_models[name][0].config.fuser_self_attention is False
+    overrides = {**VARIANTS[name][0], "fuser_self_attention": True}
+    full = build_tiny_model(seed=0, **overrides)[0].model.fuser
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in full.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    own = {key: value for key, value in full.state_dict().items()
+           if not key.startswith(("self_attn.", "norm1.")) and key != "gamma2"}
+    assert set(cross_only.state_dict()) == set(own) and len(own) < len(full.state_dict())
+    saved = {key: value.clone() for key, value in cross_only.state_dict().items()}
+    try:
+        cross_only.load_state_dict(own)
+        query, keys_values = random_maps(variant_models[name][0].config)
+        with torch.no_grad():
+            with_self_attention = full(query, keys_values)
+            full.gamma2.zero_()
+            torch.testing.assert_close(cross_only(query, keys_values), full(query, keys_values), rtol=0, atol=0)
+            assert not torch.allclose(cross_only(query, keys_values), with_self_attention)
+    finally:
+        cross_only.load_state_dict(saved)
 
 
 def test_simple_fusions_compute_the_papers_formulas(variant_models):

@@ -43,15 +43,32 @@ class ExperimentSettings:
     budget: RecipeBudget = RecipeBudget()
 
 
-def one_run(model: str, seed: int, output_dir: Path, settings: ExperimentSettings) -> dict:
-    """Train one model with one seed and score it; runs in a worker process."""
+def prepare_task_and_base_models(output_dir: Path, settings: ExperimentSettings, workers: int) -> dict:
+    """`task/`, `base/llm` and `base/clip` in `output_dir`, on `workers` threads; returns the first and last loss of
+    each pretraining and the layer probe, for the results."""
+    make_task_data(output_dir / "task", settings.num_train, settings.num_test, settings.data_seed)
+    torch.set_num_threads(workers)
+    _, clip, pretraining_losses = write_base_models(output_dir / "task", output_dir / "base", seed=settings.data_seed)
+    layer_probe = probe_layers(clip, output_dir / "task", settings.probe_steps, seed=settings.data_seed)
+    return {"pretraining_loss": pretraining_losses, "layer_probe": layer_probe}
+
+
+def train_and_score(fuser: dict[str, str], seed: int, shared_dir: Path, run_dir: Path, budget: RecipeBudget) -> dict:
+    """Train the fuser `fuser` describes (see `recipe.fuser_flags`) with one seed on one thread into `run_dir`, from
+    the task and base models of `shared_dir`, and score it; runs in a worker process."""
     torch.set_num_threads(1)
     start = time.perf_counter()
-    checkpoint = train_two_stages(FUSIONS[model], seed, output_dir / "base" / "llm", output_dir / "base" / "clip",
-                                  output_dir / "task", output_dir / "runs" / f"{model}-seed{seed}", settings.budget)
-    accuracy = evaluate(checkpoint, output_dir / "task")
-    return {"model": model, "seed": seed, "checkpoint": str(checkpoint.relative_to(output_dir)), "accuracy": accuracy,
+    checkpoint = train_two_stages(fuser, seed, shared_dir / "base" / "llm", shared_dir / "base" / "clip",
+                                  shared_dir / "task", run_dir, budget)
+    return {"checkpoint": checkpoint, "accuracy": evaluate(checkpoint, shared_dir / "task"),
             "seconds": time.perf_counter() - start}
+
+
+def one_run(model: str, seed: int, output_dir: Path, settings: ExperimentSettings) -> dict:
+    """One model of the comparison with one seed, trained into `runs/MODEL-seedSEED`."""
+    result = train_and_score({"--fuser_fusion": FUSIONS[model]}, seed, output_dir,
+                             output_dir / "runs" / f"{model}-seed{seed}", settings.budget)
+    return {"model": model, "seed": seed, **result, "checkpoint": str(result["checkpoint"].relative_to(output_dir))}
 
 
 def run_experiment(output_dir: str | Path, settings: ExperimentSettings = ExperimentSettings(), workers: int = 2,
@@ -70,21 +87,18 @@ def run_experiment(output_dir: str | Path, settings: ExperimentSettings = Experi
         raise ValueError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
     with staged_output(output_dir, overwrite) as staging:
-        make_task_data(staging / "task", settings.num_train, settings.num_test, settings.data_seed)
-        torch.set_num_threads(workers)
-        _, clip, pretraining_losses = write_base_models(staging / "task", staging / "base", seed=settings.data_seed)
-        layer_probe = probe_layers(clip, staging / "task", settings.probe_steps, seed=settings.data_seed)
+        shared = prepare_task_and_base_models(staging, settings, workers)
         jobs = [(model, seed) for seed in settings.seeds for model in settings.models]
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(one_run, model, seed, staging, settings) for model, seed in jobs]
             runs = [future.result() for future in futures]
         results = {"settings": asdict(settings), "workers": workers,
                    "versions": {"torch": torch.__version__, "transformers": __version__},
-                   "pretraining_loss": pretraining_losses, "layer_probe": layer_probe,
-                   "runs": runs, "summary": summarize(runs, settings.models), "seconds": time.perf_counter() - start}
+                   **shared, "runs": runs, "summary": summarize(runs, settings.models),
+                   "seconds": time.perf_counter() - start}
         (staging / RESULTS_FILE).write_text(json.dumps(results, indent=1) + "\n")
         (staging / TABLE_FILE).write_text(format_table(results["summary"], len(settings.seeds)) + "\n\n"
-                                          + format_probe_table(layer_probe) + "\n")
+                                          + format_probe_table(shared["layer_probe"]) + "\n")
         mmfuser_runs = [run for run in runs if run["model"] == "mmfuser"]
         if mmfuser_runs:
             best = max(mmfuser_runs, key=lambda run: (run["accuracy"]["all"], -run["seed"]))
@@ -125,5 +139,5 @@ def format_probe_table(layer_probe: dict[str, list[float]]) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["BEST_MMFUSER_DIR", "ExperimentSettings", "format_probe_table", "format_table", "run_experiment",
-           "summarize"]
+__all__ = ["BEST_MMFUSER_DIR", "ExperimentSettings", "format_probe_table", "format_table",
+           "prepare_task_and_base_models", "run_experiment", "summarize", "train_and_score"]

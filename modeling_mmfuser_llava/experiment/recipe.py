@@ -1,7 +1,7 @@
 """The paper's two-stage recipe at toy scale, run through `mmfuser-llava train`'s own argument parsing and training.
 
 Every compared model gets the same budget: the same base LLM and frozen CLIP, the same data, steps, batch size,
-learning rates and seed; only `--fuser_fusion` differs.
+learning rates and seed; only the fuser's flags differ (`--fuser_fusion`, or a study's row: see `studies`).
 """
 
 from dataclasses import dataclass
@@ -44,14 +44,21 @@ class RecipeBudget:
         ]
 
 
+def fuser_flags(overrides: dict[str, str]) -> list[str]:
+    """The default MMFuser's training flags with `overrides` (flag -> value) in place of or beside them."""
+    flags = {"--fuser_fusion": "mmfuser", "--mm_vision_select_layer": SELECT_LAYERS,
+             "--fuser_num_heads": str(FUSER_HEADS), **overrides}
+    return [item for flag_and_value in flags.items() for item in flag_and_value]
+
+
 def train_two_stages(
-    fusion: str, seed: int, base_llm: Path, clip: Path, task_dir: Path, output_dir: Path, budget: RecipeBudget
+    fuser: dict[str, str], seed: int, base_llm: Path, clip: Path, task_dir: Path, output_dir: Path,
+    budget: RecipeBudget
 ) -> Path:
-    """Stage 1 (captions, fuser and projector only) then stage 2 (questions, fuser, projector and LLM); returns the
-    stage-2 checkpoint, a full trust_remote_code folder."""
+    """Stage 1 (captions, fuser and projector only) then stage 2 (questions, fuser, projector and LLM) of the fuser
+    `fuser` describes (see `fuser_flags`); returns the stage-2 checkpoint, a full trust_remote_code folder."""
     common = [
-        "--model_name_or_path", str(base_llm), "--vision_tower", str(clip), "--fuser_fusion", fusion,
-        "--mm_vision_select_layer", SELECT_LAYERS, "--fuser_num_heads", str(FUSER_HEADS),
+        "--model_name_or_path", str(base_llm), "--vision_tower", str(clip), *fuser_flags(fuser),
         "--image_folder", str(task_dir / IMAGE_DIR),
         "--model_max_length", "192", "--seed", str(seed), "--data_seed", str(seed), "--use_cpu", "True",
         "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "True", "--logging_steps", "25",
@@ -69,4 +76,4 @@ def train_two_stages(
     return stage2
 
 
-__all__ = ["FUSIONS", "SELECT_LAYERS", "RecipeBudget", "train_two_stages"]
+__all__ = ["FUSIONS", "SELECT_LAYERS", "RecipeBudget", "fuser_flags", "train_two_stages"]

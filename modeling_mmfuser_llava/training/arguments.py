@@ -62,6 +62,13 @@ class ModelArguments:
         default=None,
         metadata={"help": "For a new MMFuser block: deformable (default), global, linear_sra (paper, Table VII)."},
     )
+    fuser_sra_pool_size: int | None = field(
+        default=None, metadata={"help": "For a new linear_sra block: side of the pooled key/value map (default 7)."}
+    )
+    fuser_self_attention: bool | None = field(
+        default=None,
+        metadata={"help": "For a new MMFuser block: False keeps the cross-attention alone (paper, Table VIII)."},
+    )
     fuser_num_heads: int | None = field(
         default=None, metadata={"help": "For a new MMFuser block: attention heads (default 16, as the paper)."}
     )

@@ -186,8 +186,9 @@ def keep_used_weight_conversions(model: PreTrainedModel) -> None:
 
 
 def fuser_overrides(model_args: ModelArguments) -> dict:
-    """The fuser settings given for a new fuser: variant (paper, Tables I and VII), heads and points."""
-    names = ("fuser_fusion", "fuser_attention_type", "fuser_num_heads", "fuser_num_points")
+    """The fuser settings given for a new fuser: variant (paper, Tables I, VII and VIII), heads and points."""
+    names = ("fuser_fusion", "fuser_attention_type", "fuser_sra_pool_size", "fuser_self_attention", "fuser_num_heads",
+             "fuser_num_points")
     return {name: getattr(model_args, name) for name in names if getattr(model_args, name) is not None}
 
 
