@@ -1,6 +1,7 @@
 """The toy experiment: its task data, the pipeline end to end on a tiny budget, and the table it prints."""
 
 import json
+import random
 from collections import Counter
 
 import pytest
@@ -22,14 +23,17 @@ from modeling_mmfuser_llava.experiment.recipe import RecipeBudget
 from modeling_mmfuser_llava.experiment.task import (
     FILES,
     IMAGE_DIR,
+    IMAGE_SIZE,
     MARK_COLOURS,
     MARK_PATTERNS,
     MAX_MARKS,
     MIN_MARKS,
+    PATCH_SIZE,
     SHAPE_COLOURS,
     QUESTIONS,
     SHAPES,
     make_task_data,
+    mark_corners,
 )
 from modeling_mmfuser_llava.experiment.vision_pretraining import tiny_clip_config
 from modeling_mmfuser_llava.modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
@@ -203,3 +207,30 @@ def test_layer_probe_reads_what_a_layer_holds(tmp_path):
                                 if sample["kind"] == "shape_colour").values()) / 60
     blind = probe_layers(tmp_path / "blind", task, steps=60, kinds=("shape_colour",))["shape_colour"]
     assert max(blind) <= most_frequent + 1e-6
+
+
+@pytest.mark.parametrize("across_patches", [False, True])
+def test_marks_lie_within_a_patch_or_astride_two(across_patches):
+    """The default task keeps each 3x3 mark inside one patch; the harder variant splits every mark between two
+    side-by-side patches (two columns in one, one in the other), so no patch token holds a whole pattern."""
+    rng = random.Random(0)
+    for _ in range(200):
+        corners = mark_corners(rng, across_patches)
+        assert MIN_MARKS <= len(corners) <= MAX_MARKS
+        assert len({(x // 4, y // 4) for x, y in corners}) == len(corners)  # distinct cells: no overlap
+        for x, y in corners:
+            assert 0 <= x <= IMAGE_SIZE - 3 and 0 <= y <= IMAGE_SIZE - 3
+            assert y // PATCH_SIZE == (y + 2) // PATCH_SIZE
+            patches = (x // PATCH_SIZE, (x + 1) // PATCH_SIZE, (x + 2) // PATCH_SIZE)
+            assert patches == ((patches[0],) * 2 + (patches[0] + 1,) if across_patches else (patches[0],) * 3)
+
+
+def test_the_harder_variant_is_seeded(tmp_path):
+    harder = make_task_data(tmp_path / "harder", num_train=8, num_test=2, seed=3, marks_across_patches=True)
+    again = make_task_data(tmp_path / "again", num_train=8, num_test=2, seed=3, marks_across_patches=True)
+    default = make_task_data(tmp_path / "default", num_train=8, num_test=2, seed=3)
+    assert read(harder, "test") == read(again, "test")
+    assert len(read(harder, "test")) == len(read(default, "test"))
+    pictures = sorted(path.name for path in (harder / IMAGE_DIR).iterdir())
+    assert all((harder / IMAGE_DIR / name).read_bytes() == (again / IMAGE_DIR / name).read_bytes() for name in pictures)
+    assert any((harder / IMAGE_DIR / name).read_bytes() != (default / IMAGE_DIR / name).read_bytes() for name in pictures)

@@ -32,6 +32,8 @@ def register(subparsers) -> None:
                         "exact numbers depend on it)")
     parser.add_argument("--num-train", type=int, default=4000, help="training pictures")
     parser.add_argument("--num-test", type=int, default=300, help="test pictures (four questions each)")
+    parser.add_argument("--marks-across-patches", action="store_true",
+                        help="the harder task: every mark astride two patches, so no patch token holds its pattern")
     parser.add_argument("--max-steps", type=int, default=-1, help="cap each stage's steps (a quick check)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--bundle-demo-model", action="store_true",
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiment.recipe import RecipeBudget
 
     settings = ExperimentSettings(models=tuple(args.models), num_train=args.num_train, num_test=args.num_test,
+                                  marks_across_patches=args.marks_across_patches,
                                   budget=RecipeBudget(max_steps=args.max_steps))
     if args.study:
         return run_studies_command(args, settings)

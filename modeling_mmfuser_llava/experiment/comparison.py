@@ -40,13 +40,15 @@ class ExperimentSettings:
     num_test: int = 300
     data_seed: int = 0
     probe_steps: int = 400  # training steps of each layer probe
+    marks_across_patches: bool = False  # the harder variant of the task (see `task`)
     budget: RecipeBudget = RecipeBudget()
 
 
 def prepare_task_and_base_models(output_dir: Path, settings: ExperimentSettings, workers: int) -> dict:
     """`task/`, `base/llm` and `base/clip` in `output_dir`, on `workers` threads; returns the first and last loss of
     each pretraining and the layer probe, for the results."""
-    make_task_data(output_dir / "task", settings.num_train, settings.num_test, settings.data_seed)
+    make_task_data(output_dir / "task", settings.num_train, settings.num_test, settings.data_seed,
+                   marks_across_patches=settings.marks_across_patches)
     torch.set_num_threads(workers)
     _, clip, pretraining_losses = write_base_models(output_dir / "task", output_dir / "base", seed=settings.data_seed)
     layer_probe = probe_layers(clip, output_dir / "task", settings.probe_steps, seed=settings.data_seed)

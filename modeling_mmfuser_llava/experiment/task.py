@@ -9,6 +9,10 @@ inside an 8x8 patch of the vision tower, a few pixels, which the tower's deep la
 - `stage2.json`: the four questions about the picture as one multi-turn conversation, in random order (`v1`);
 - `test.json`: one question per sample, each picture asked all four, for `evaluation`.
 
+The harder variant (`marks_across_patches`) puts every mark across the border of two side-by-side patches, two of its
+columns in one and one in the other, so that no single patch token holds a whole pattern: the detail has to be put
+together from neighbouring tokens.
+
 One seed gives the same files. Paths inside the JSON files are relative to `images/`.
 """
 
@@ -23,6 +27,7 @@ from ..hub_folder import staged_output
 from ..training.synthetic import turns
 
 IMAGE_SIZE = 32
+PATCH_SIZE = 8  # the vision tower's
 SHAPES = ("circle", "square", "triangle", "diamond")
 SHAPE_COLOURS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 215), "yellow": (230, 200, 30)}
 # Colours no large shape has, so a mark is never lost against the shape it lies on.
@@ -74,8 +79,22 @@ def random_scene(rng: random.Random) -> Scene:
                  rng.choice(list(MARK_PATTERNS)))
 
 
-def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
-    """The large shape (14-20 px) somewhere in the picture, then the marks on top, in distinct cells."""
+def mark_corners(rng: random.Random, across_patches: bool) -> list[tuple[int, int]]:
+    """Top-left pixels of the picture's marks, in distinct cells of the 4-pixel grid (so they never overlap): anywhere
+    in its cell, or `across_patches` astride a border between patch columns (two columns left of it, one right)."""
+    cells_per_side = IMAGE_SIZE // MARK_CELL
+    if not across_patches:
+        return [(cell % cells_per_side * MARK_CELL + rng.randint(0, MARK_CELL - 3),
+                 cell // cells_per_side * MARK_CELL + rng.randint(0, MARK_CELL - 3))
+                for cell in rng.sample(range(cells_per_side**2), rng.randint(MIN_MARKS, MAX_MARKS))]
+    borders = range(PATCH_SIZE, IMAGE_SIZE, PATCH_SIZE)
+    cells = [(border - 2, row) for border in borders for row in range(cells_per_side)]
+    return [(x, row * MARK_CELL + rng.randint(0, MARK_CELL - 3))
+            for x, row in rng.sample(cells, rng.randint(MIN_MARKS, MAX_MARKS))]
+
+
+def draw_scene(scene: Scene, rng: random.Random, marks_across_patches: bool = False) -> Image.Image:
+    """The large shape (14-20 px) somewhere in the picture, then the marks on top (see `mark_corners`)."""
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     size = rng.randint(14, 20)
@@ -90,10 +109,7 @@ def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
         draw.polygon([(middle_x, top), (left, bottom), (right, bottom)], fill=fill)
     else:
         draw.polygon([(middle_x, top), (right, middle_y), (middle_x, bottom), (left, middle_y)], fill=fill)
-    cells_per_side = IMAGE_SIZE // MARK_CELL
-    for cell in rng.sample(range(cells_per_side**2), rng.randint(MIN_MARKS, MAX_MARKS)):
-        x = cell % cells_per_side * MARK_CELL + rng.randint(0, MARK_CELL - 3)
-        y = cell // cells_per_side * MARK_CELL + rng.randint(0, MARK_CELL - 3)
+    for x, y in mark_corners(rng, marks_across_patches):
         for dx, dy in MARK_PATTERNS[scene.mark_pattern]:
             image.putpixel((x + dx, y + dy), MARK_COLOURS[scene.mark_colour])
     return image
@@ -106,9 +122,11 @@ def question_sample(sample_id: str, image: str, *rounds: tuple[str, str]) -> dic
 
 
 def make_task_data(
-    output_dir: str | Path, num_train: int = 4000, num_test: int = 300, seed: int = 0, overwrite: bool = False
+    output_dir: str | Path, num_train: int = 4000, num_test: int = 300, seed: int = 0, overwrite: bool = False,
+    marks_across_patches: bool = False,
 ) -> Path:
-    """Write the task's images and its four JSON files (`FILES`) into `output_dir`, all or nothing; returns it.
+    """Write the task's images and its four JSON files (`FILES`) into `output_dir`, all or nothing; returns it (the
+    harder variant with `marks_across_patches`).
 
     Train and test pictures are drawn from one seeded stream, so no test picture repeats a training one by accident
     of seeding; test samples carry `kind` (see `QUESTIONS`) and `fine_grained` for the evaluation's breakdown.
@@ -123,7 +141,7 @@ def make_task_data(
             split = "train" if index < num_train else "test"
             scene = random_scene(rng)
             image = f"{split}-{index:05d}.png"
-            draw_scene(scene, rng).save(staging / IMAGE_DIR / image)
+            draw_scene(scene, rng, marks_across_patches).save(staging / IMAGE_DIR / image)
             if split == "test":
                 for kind, (question, fine_grained) in QUESTIONS.items():
                     sample = question_sample(f"{image[:-4]}-{kind}", image, (question, scene.answer(kind)))
@@ -153,12 +171,14 @@ __all__ = [
     "IMAGE_DIR",
     "MARK_COLOURS",
     "MARK_PATTERNS",
+    "PATCH_SIZE",
     "QUESTIONS",
     "SHAPE_COLOURS",
     "SHAPES",
     "Scene",
     "draw_scene",
     "make_task_data",
+    "mark_corners",
     "random_scene",
     "task_words",
 ]

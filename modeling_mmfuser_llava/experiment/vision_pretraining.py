@@ -26,9 +26,8 @@ from transformers import (
 
 from ..hub_folder import staged_output
 from ..processing import build_image_processor
-from .task import FILES, IMAGE_DIR, IMAGE_SIZE
+from .task import FILES, IMAGE_DIR, IMAGE_SIZE, PATCH_SIZE
 
-PATCH_SIZE = 8
 VISION_LAYERS = 8
 
 
