@@ -11,7 +11,6 @@ import logging
 from dataclasses import replace
 
 EXAMPLE = "mmfuser-llava experiment results --workers 2"
-STUDY_EXAMPLE = "mmfuser-llava experiment studies --study all --workers 2"
 
 
 def register(subparsers) -> None:
