@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -18,7 +19,7 @@ from modeling_mmfuser_llava.experiment.recipe import RecipeBudget, fuser_flags
 from modeling_mmfuser_llava.experiment.seed_statistics import mean_interval, paired_comparison
 from modeling_mmfuser_llava.experiment.studies import DEFAULT_RUN, RUNS, STUDIES, toy_layers
 from modeling_mmfuser_llava.experiment.study_report import REPORT_FILES, format_study_table, summarize_study
-from modeling_mmfuser_llava.experiment.study_runs import RUNS_DIR, result_file, run_studies
+from modeling_mmfuser_llava.experiment.study_runs import RUNS_DIR, result_file, run_studies, study_results
 from modeling_mmfuser_llava.training import parse_arguments
 from modeling_mmfuser_llava.training.arguments import parse_vision_select_layer
 
@@ -146,3 +147,20 @@ def test_studies_refuse_what_would_mix_incomparable_runs(tiny_studies, tmp_path,
     assert not (tmp_path / "new").exists()
     with pytest.raises(SystemExit, match="drop --overwrite"):
         main(["experiment", str(tmp_path / "new"), "--study", "main", "--overwrite"])
+
+
+DOCUMENTED = Path(__file__).parents[1] / "docs" / "results"
+
+
+@pytest.mark.parametrize("folder", ["toy-studies", "toy-studies-marks-across-patches"])
+def test_documented_tables_are_computed_from_the_committed_runs(folder):
+    """The tables in docs/research-toolkit.md are the report of the committed result files, recomputed here, and
+    every committed run was trained with the flags its run has now."""
+    results_dir = DOCUMENTED / folder
+    summaries = json.loads((results_dir / REPORT_FILES["summary"]).read_text())
+    tables = [format_study_table(summarize_study(study, study_results(results_dir, study, tuple(summary["seeds"]))))
+              for study, summary in summaries.items()]
+    assert "\n\n".join(tables) + "\n" == (results_dir / REPORT_FILES["tables"]).read_text()
+    page = (Path(__file__).parents[1] / "docs" / "research-toolkit.md").read_text()
+    for table in tables:
+        assert table in page

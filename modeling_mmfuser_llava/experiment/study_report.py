@@ -90,12 +90,13 @@ def plot_studies(summaries: dict[str, dict]):
                      color=colour, label=METRICS[metric])
         axes.set_xticks(list(positions), [row["label"] for row in summary["rows"]], rotation=30, ha="right",
                         fontsize=8)
-        axes.set_ylim(0, 100)
+        axes.set_ylim(0, 115)  # room above the bars for the legend
+        axes.set_yticks(range(0, 101, 20))
         axes.set_ylabel("test accuracy (%)")
         axes.set_title(f"{study}: {summary['title']} ({seed_count(summary['seeds'])})", fontsize=9)
         axes.grid(axis="y", alpha=0.3)
-        axes.legend(loc="lower right", fontsize=8)
-    figure.suptitle("Toy ablations: mean and 95% interval over seeds")
+        axes.legend(loc="upper center", ncols=2, fontsize=8)
+    figure.suptitle("The toy studies: test accuracy, mean and 95% interval over seeds")
     return figure
 
 
