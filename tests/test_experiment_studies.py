@@ -147,6 +147,9 @@ def test_studies_refuse_what_would_mix_incomparable_runs(tiny_studies, tmp_path,
     assert not (tmp_path / "new").exists()
     with pytest.raises(SystemExit, match="drop --overwrite"):
         main(["experiment", str(tmp_path / "new"), "--study", "main", "--overwrite"])
+    with pytest.raises(SystemExit, match="drop --models"):
+        main(["experiment", str(tmp_path / "new"), "--study", "main", "--models", "concat"])
+    assert not (tmp_path / "new").exists()
 
 
 DOCUMENTED = Path(__file__).parents[1] / "docs" / "results"

@@ -24,8 +24,9 @@ def register(subparsers) -> None:
                         "layers (Table VI), attention (Table VII), modules (Table VIII), 5 seeds each; all: the four")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="seeds (default 0 1 2; with --study, each study's own count from 0)")
-    parser.add_argument("--models", nargs="+", choices=list(FUSIONS), default=list(FUSIONS),
-                        help="llava: the penultimate layer alone; concat, average: Table I; mmfuser: the paper's")
+    parser.add_argument("--models", nargs="+", choices=list(FUSIONS),
+                        help="llava: the penultimate layer alone; concat, average: Table I; mmfuser: the paper's "
+                        "(default: all four; not with --study, whose rows are fixed)")
     parser.add_argument("--workers", type=int, default=2,
                         help="runs trained at once, one CPU thread each (and the threads of the shared pretraining: "
                         "exact numbers depend on it)")
@@ -41,10 +42,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..experiment import FUSIONS
     from ..experiment.comparison import ExperimentSettings, format_table, run_experiment
     from ..experiment.recipe import RecipeBudget
 
-    settings = ExperimentSettings(models=tuple(args.models), num_train=args.num_train, num_test=args.num_test,
+    settings = ExperimentSettings(models=tuple(args.models or FUSIONS), num_train=args.num_train, num_test=args.num_test,
                                   marks_across_patches=args.marks_across_patches,
                                   budget=RecipeBudget(max_steps=args.max_steps))
     if args.study:
@@ -73,6 +75,8 @@ def run_studies_command(args: argparse.Namespace, settings) -> int:
 
     if args.bundle_demo_model or args.overwrite:
         raise SystemExit("--study resumes its folder and bundles nothing: drop --overwrite/--bundle-demo-model")
+    if args.models:
+        raise SystemExit("--study trains its own rows: drop --models, or pick the studies with --study")
     studies = list(STUDIES) if "all" in args.study else list(dict.fromkeys(args.study))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("modeling_mmfuser_llava").setLevel(logging.INFO)
