@@ -4,7 +4,7 @@ Small enough to train on a CPU in seconds, and learnable: a model that reads the
 shape, colour and count are in the picture only). Two layouts, matching the two stages:
 - "captions": one image and one caption per sample (LLaVA-Pretrain style, for `--version plain`);
 - "instructions": one or two question/answer rounds per image, plus some text-only samples (mix665k style, `v1`);
-- "grounding": LLaVA-1.5's referring question about one of a few shapes on a clearly non-square picture, answered with
+- "grounding": LLaVA-1.5's referring question about one of two shapes on a clearly non-square picture, answered with
   its box in the model's frame (the picture padded to a square), so a model that ignores the padding is wrong.
 """
 
@@ -15,7 +15,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw
 
-from ..grounding import format_box, to_padded_square_box
+from ..grounding import Box, format_box, to_padded_square_box
 from ..hub_folder import staged_output
 
 SHAPES = ("circle", "square", "triangle")
@@ -59,29 +59,39 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour: str, box: tuple[in
         draw.polygon([((left + right) / 2, top), (left, bottom), (right, bottom)], fill=COLOURS[colour])
 
 
-def grounding_scene(rng: random.Random) -> tuple[Image.Image, str, tuple[float, float, float, float]]:
-    """Two or three shapes, no two of one shape or one colour, along the long side of a picture about twice as wide as
-    tall (or tall as wide); returns the picture, one shape's description and its box normalised to the picture."""
+GROUNDING_SHAPES = 2  # per picture, one in each half of its long side
+
+
+def grounding_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str, Box]]]:
+    """Two shapes, of different shapes and colours, one in each half of the long side of a picture 1.5 to 2.7 times
+    as wide as tall (or tall as wide); returns the picture and each shape's colour, shape and box normalised to the
+    picture. The shapes fill two thirds of their half or more, large enough to be told apart from the 8x8 patches of
+    the toy experiment's tower (which sees the padded square at 32x32 pixels)."""
     long_side, short_side = rng.randint(48, 64), rng.randint(24, 32)
     wide = rng.random() < 0.5
     width, height = (long_side, short_side) if wide else (short_side, long_side)
     image = Image.new("RGB", (width, height), BACKGROUNDS[rng.choice(list(BACKGROUNDS))])
     draw = ImageDraw.Draw(image)
-    count = rng.randint(2, 3)
-    objects = list(zip(rng.sample(SHAPES, count), rng.sample(list(COLOURS), count)))
-    cell = long_side // len(objects)
-    boxes = []
-    for position, (shape, colour) in enumerate(objects):
-        size = rng.randint(min(cell, short_side) // 2, min(cell, short_side) - 2)
+    objects = list(zip(rng.sample(list(COLOURS), GROUNDING_SHAPES), rng.sample(SHAPES, GROUNDING_SHAPES)))
+    cell = long_side // GROUNDING_SHAPES
+    largest = min(cell, short_side) - 2
+    regions = []
+    for position, (colour, shape) in enumerate(objects):
+        size = rng.randint(largest * 2 // 3, largest)
         along = position * cell + rng.randint(0, cell - size - 1)
         across = rng.randint(0, short_side - size - 1)
         left, top = (along, across) if wide else (across, along)
         draw_shape(draw, shape, colour, (left, top, left + size, top + size))
         # ImageDraw fills the box's last row and column too: the shape covers size + 1 pixels.
-        boxes.append((left / width, top / height, (left + size + 1) / width, (top + size + 1) / height))
-    target = rng.randrange(len(objects))
-    shape, colour = objects[target]
-    return image, f"the {colour} {shape}", boxes[target]
+        regions.append((colour, shape, (left / width, top / height, (left + size + 1) / width,
+                                        (top + size + 1) / height)))
+    return image, regions
+
+
+def grounding_conversation(image_size: tuple[int, int], *regions: tuple[str, str, Box]) -> list[dict[str, str]]:
+    """LLaVA-1.5's referring question about each region in turn, answered with its box on the padded square."""
+    return image_turns(*[(f"{GROUNDING_QUESTION}the {colour} {shape}",
+                          format_box(to_padded_square_box(box, *image_size))) for colour, shape, box in regions])
 
 
 def describe_scene(shape: str, colour: str, count: int) -> str:
@@ -115,12 +125,12 @@ def make_synthetic_dataset(
                 samples.append({"id": sample_id, "conversations": turns((question, answer))})
                 continue
             if kind == "grounding":
-                image, description, box = grounding_scene(rng)
+                image, regions = grounding_scene(rng)
                 image.save(staging / IMAGE_DIR / f"{sample_id}.png")
-                answer = format_box(to_padded_square_box(box, *image.size))
-                conversation = turns((f"<image>\n{GROUNDING_QUESTION}{description}", answer))
-                samples.append({"id": sample_id, "image": f"{sample_id}.png", "conversations": conversation,
-                                "bbox": list(box)})  # the picture's own frame, for scoring
+                region = rng.choice(regions)
+                samples.append({"id": sample_id, "image": f"{sample_id}.png",
+                                "conversations": grounding_conversation(image.size, region),
+                                "bbox": list(region[2])})  # the picture's own frame, for scoring
                 continue
             shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
             count, background = rng.randint(1, 3), rng.choice(list(BACKGROUNDS))
@@ -135,9 +145,7 @@ def make_synthetic_dataset(
                 ]
                 if rng.random() < 0.5:
                     rounds.append(rng.choice(follow_ups))
-            conversation = turns(*rounds)
-            conversation[0]["value"] = f"<image>\n{conversation[0]['value']}"
-            samples.append({"id": sample_id, "image": f"{sample_id}.png", "conversations": conversation})
+            samples.append({"id": sample_id, "image": f"{sample_id}.png", "conversations": image_turns(*rounds)})
         (staging / DATA_FILE).write_text(json.dumps(samples, indent=1) + "\n")
     return Path(output_dir) / DATA_FILE
 
@@ -147,4 +155,12 @@ def turns(*rounds: tuple[str, str]) -> list[dict[str, str]]:
                                                              {"from": "gpt", "value": answer})]
 
 
-__all__ = ["DATA_FILE", "GROUNDING_QUESTION", "IMAGE_DIR", "KINDS", "make_synthetic_dataset"]
+def image_turns(*rounds: tuple[str, str]) -> list[dict[str, str]]:
+    """`turns` about a picture: its first question starts with the `<image>` placeholder."""
+    conversation = turns(*rounds)
+    conversation[0]["value"] = f"<image>\n{conversation[0]['value']}"
+    return conversation
+
+
+__all__ = ["DATA_FILE", "GROUNDING_QUESTION", "IMAGE_DIR", "KINDS", "grounding_conversation", "grounding_scene",
+           "image_turns", "make_synthetic_dataset", "turns"]
