@@ -36,13 +36,18 @@ from modeling_mmfuser_llava.experiment.task import (
     mark_corners,
 )
 from modeling_mmfuser_llava.experiment.vision_pretraining import tiny_clip_config
+from modeling_mmfuser_llava.grounding import first_box, from_padded_square_box
 from modeling_mmfuser_llava.modeling_mmfuser_llava import MMFuserLlavaForConditionalGeneration
+from modeling_mmfuser_llava.training.synthetic import GROUNDING_QUESTION, GROUNDING_SHAPES
 
 
 def assert_same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
     assert first and list(first) == list(second)
     for key, value in first.items():
         assert torch.equal(value, second[key]), key
+
+
+TASK_FILES = ("clip", "stage1", "stage2", "test")  # the default task's; the grounding variant adds grounding_test
 
 
 def read(folder, name):
@@ -88,7 +93,8 @@ def test_the_answers_are_in_the_pictures(task):
 def test_task_data_is_seeded(task, tmp_path):
     again = make_task_data(tmp_path / "again", num_train=24, num_test=6, seed=3)
     other = make_task_data(tmp_path / "other", num_train=24, num_test=6, seed=4)
-    for name in FILES:
+    assert sorted(path.name for path in again.iterdir()) == sorted(path.name for path in task.iterdir())
+    for name in TASK_FILES:
         assert (again / FILES[name]).read_bytes() == (task / FILES[name]).read_bytes()
     assert (other / FILES["stage2"]).read_bytes() != (task / FILES["stage2"]).read_bytes()
     for image in (task / IMAGE_DIR).iterdir():
@@ -100,7 +106,7 @@ def test_make_synthetic_data_writes_the_task(tmp_path, capsys):
             "--num-test", "6", "--seed", "3"]
     assert main(argv) == 0
     direct = make_task_data(tmp_path / "direct", num_train=24, num_test=6, seed=3)
-    for name in FILES:
+    for name in TASK_FILES:
         assert (tmp_path / "cli" / FILES[name]).read_bytes() == (direct / FILES[name]).read_bytes()
     assert f"--image_folder {tmp_path / 'cli' / IMAGE_DIR}" in capsys.readouterr().out
 
@@ -234,3 +240,74 @@ def test_the_harder_variant_is_seeded(tmp_path):
     pictures = sorted(path.name for path in (harder / IMAGE_DIR).iterdir())
     assert all((harder / IMAGE_DIR / name).read_bytes() == (again / IMAGE_DIR / name).read_bytes() for name in pictures)
     assert any((harder / IMAGE_DIR / name).read_bytes() != (default / IMAGE_DIR / name).read_bytes() for name in pictures)
+
+
+def test_the_grounding_variant_adds_referring_questions_and_leaves_the_task_as_it_was(task, tmp_path):
+    """`grounding`: as many non-square pictures again, their alt-text for the tower and their caption for stage 1 (the
+    shapes in order along the long side), a referring question about each shape in stage 2, one test question per
+    shape whose answer is its box on the padded square; the default task's samples and pictures byte for byte as they
+    were, and no test picture among the training ones."""
+    grounded = make_task_data(tmp_path / "grounded", num_train=24, num_test=6, seed=3, grounding=True)
+
+    assert not (task / FILES["grounding_test"]).exists()
+    assert (grounded / FILES["test"]).read_bytes() == (task / FILES["test"]).read_bytes()
+    for name in ("clip", "stage1", "stage2"):
+        assert read(grounded, name)[:24] == read(task, name) and len(read(grounded, name)) == 48
+    assert all((grounded / IMAGE_DIR / image.name).read_bytes() == image.read_bytes()
+               for image in (task / IMAGE_DIR).iterdir())
+    referring = read(grounded, "stage2")[24:]
+    tests = read(grounded, "grounding_test")
+    assert len(referring) == 24 and len(tests) == 6 * GROUNDING_SHAPES
+    assert all(len(sample["conversations"]) == 2 * GROUNDING_SHAPES for sample in referring)
+    captions = [record["caption"] for record in read(grounded, "clip")[24:]]
+    assert {caption.count(" and ") for caption in captions} == {GROUNDING_SHAPES - 1}
+    assert captions == [sample["conversations"][1]["value"] for sample in read(grounded, "stage1")[24:]]
+    assert not {sample["image"] for sample in tests} & {sample["image"] for sample in referring}
+    for sample in tests:
+        question, answer = (turn["value"] for turn in sample["conversations"])
+        assert question.startswith(f"<image>\n{GROUNDING_QUESTION}the ")
+        with Image.open(grounded / IMAGE_DIR / sample["image"]) as image:
+            width, height = image.size
+        assert max(width, height) >= 1.5 * min(width, height)
+        side = max(width, height)
+        assert from_padded_square_box(first_box(answer), width, height) == pytest.approx(
+            sample["bbox"], abs=0.005 * side / min(width, height) + 1e-9)
+
+
+def test_the_grounding_variant_s_tokenizer_writes_boxes_with_its_own_pieces(tmp_path):
+    """The base LLM's tokenizer of the grounding variant has a piece for each character of a box and each word of
+    the referring question (no byte fallback), so a box costs one token per character; the default task's has none."""
+    from modeling_mmfuser_llava.experiment.task import task_words
+    from modeling_mmfuser_llava.tiny import build_tiny_tokenizer, train_tiny_sentencepiece
+
+    text = f"{GROUNDING_QUESTION}the red circle [0.08, 0.25, 0.49, 1.00]"
+    grounded = build_tiny_tokenizer(train_tiny_sentencepiece(512, 0, task_words(grounding=True)))
+    default = build_tiny_tokenizer(train_tiny_sentencepiece(512, 0, task_words()))
+    pieces = grounded.tokenize(text)
+    assert not [piece for piece in pieces if piece.startswith("<0x")]
+    assert grounded.convert_tokens_to_string(pieces) == text
+    assert [piece for piece in default.tokenize(text) if piece.startswith("<0x")]
+
+
+def test_the_grounding_variant_runs_end_to_end_and_reports_precision(tmp_path):
+    """`--grounding` on a tiny budget: each run's results hold its precision@0.5 over the grounding test, as the
+    evaluation scores the run's own answers in its processor's frame, and the table gets a grounding column."""
+    from dataclasses import replace
+
+    from transformers import AutoProcessor
+
+    from modeling_mmfuser_llava.experiment.evaluation import MAX_BOX_TOKENS, answers_by_id, grounding_precision
+    from modeling_mmfuser_llava.grounding import BoxFrame
+
+    settings = replace(TINY_SETTINGS, models=("mmfuser",), num_test=2, grounding=True)
+    results = run_experiment(tmp_path / "out", settings, workers=1)
+
+    (run,) = results["runs"]
+    checkpoint, task = tmp_path / "out" / run["checkpoint"], tmp_path / "out" / "task"
+    answers = answers_by_id(checkpoint, task, max_new_tokens=MAX_BOX_TOKENS, test_file=FILES["grounding_test"])
+    assert len(answers) == 2 * GROUNDING_SHAPES
+    frame = BoxFrame.of(AutoProcessor.from_pretrained(checkpoint))
+    assert frame.padded_square
+    assert run["accuracy"]["grounding"] == grounding_precision(task, answers, frame, FILES["grounding_test"])
+    assert results["summary"]["mmfuser"]["grounding"] == (run["accuracy"]["grounding"], 0.0)
+    assert (tmp_path / "out" / "results.md").read_text().splitlines()[0].endswith(" | grounding |")

@@ -19,7 +19,13 @@ from modeling_mmfuser_llava.experiment.recipe import RecipeBudget, fuser_flags
 from modeling_mmfuser_llava.experiment.seed_statistics import mean_interval, paired_comparison
 from modeling_mmfuser_llava.experiment.studies import DEFAULT_RUN, RUNS, STUDIES, toy_layers
 from modeling_mmfuser_llava.experiment.study_report import REPORT_FILES, format_study_table, summarize_study
-from modeling_mmfuser_llava.experiment.study_runs import RUNS_DIR, result_file, run_studies, study_results
+from modeling_mmfuser_llava.experiment.study_runs import (
+    RUNS_DIR,
+    result_file,
+    run_studies,
+    settings_fingerprint,
+    study_results,
+)
 from modeling_mmfuser_llava.training import parse_arguments
 from modeling_mmfuser_llava.training.arguments import parse_vision_select_layer
 
@@ -167,3 +173,15 @@ def test_documented_tables_are_computed_from_the_committed_runs(folder):
     page = (Path(__file__).parents[1] / "docs" / "research-toolkit.md").read_text()
     for table in tables:
         assert table in page
+
+
+@pytest.mark.parametrize(("folder", "marks_across_patches"), [("toy-studies", False),
+                                                               ("toy-studies-marks-across-patches", True)])
+def test_committed_study_folders_have_today_s_settings(folder, marks_across_patches):
+    """A committed folder can be resumed (more seeds, more studies) on the machine it was made on: its fingerprint is
+    today's for its settings, every setting added since included (the versions are the machine's)."""
+    found = json.loads((DOCUMENTED / folder / "shared" / "settings.json").read_text())["fingerprint"]
+    wanted = json.loads(json.dumps(settings_fingerprint(ExperimentSettings(marks_across_patches=marks_across_patches),
+                                                        workers=2)))
+    assert {name: value for name, value in found.items() if name != "versions"} == {
+        name: value for name, value in wanted.items() if name != "versions"}

@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     parser.add_argument("--num-test", type=int, default=300, help="test pictures (four questions each)")
     parser.add_argument("--marks-across-patches", action="store_true",
                         help="the harder task: every mark astride two patches, so no patch token holds its pattern")
+    parser.add_argument("--grounding", action="store_true",
+                        help="mix referring questions on non-square pictures into stage 2 (as many pictures again) and "
+                        "report each model's precision at IoU 0.5")
     parser.add_argument("--max-steps", type=int, default=-1, help="cap each stage's steps (a quick check)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--bundle-demo-model", action="store_true",
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiment.recipe import RecipeBudget
 
     settings = ExperimentSettings(models=tuple(args.models or FUSIONS), num_train=args.num_train, num_test=args.num_test,
-                                  marks_across_patches=args.marks_across_patches,
+                                  marks_across_patches=args.marks_across_patches, grounding=args.grounding,
                                   budget=RecipeBudget(max_steps=args.max_steps))
     if args.study:
         return run_studies_command(args, settings)

@@ -87,7 +87,8 @@ def write_base_models(task_dir: str | Path, output_dir: str | Path, seed: int = 
     """`output_dir/llm` and `output_dir/clip`, both pretrained on the task's training captions (text alone, and
     alt-text with pictures); returns them and the first and last loss of each pretraining."""
     output_dir, task_dir = Path(output_dir), Path(task_dir)
-    sentencepiece_model = train_tiny_sentencepiece(VOCAB_SIZE, seed, task_words())
+    grounding = (task_dir / FILES["grounding_test"]).is_file()
+    sentencepiece_model = train_tiny_sentencepiece(VOCAB_SIZE, seed, task_words(grounding))
     captions = [sample["conversations"][1]["value"] for sample in json.loads((task_dir / FILES["stage1"]).read_text())]
     llm, llm_losses = write_base_language_model(output_dir / "llm", sentencepiece_model, captions, seed)
     clip, clip_losses = pretrain_vision_tower(task_dir, build_tiny_tokenizer(sentencepiece_model), output_dir / "clip",

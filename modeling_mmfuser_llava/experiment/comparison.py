@@ -21,15 +21,16 @@ from transformers import __version__
 
 from ..hub_folder import staged_output
 from .base_models import write_base_models
-from .evaluation import evaluate
+from .evaluation import evaluate, evaluate_grounding
 from .layer_probe import probe_layers
 from .recipe import FUSIONS, RecipeBudget, train_two_stages
-from .task import QUESTIONS, make_task_data
+from .task import FILES, QUESTIONS, make_task_data
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
 BEST_MMFUSER_DIR = "best-mmfuser"
 GROUPS = ("all", "fine", "coarse", *QUESTIONS)
+GROUNDING_GROUP = ("grounding",)  # precision@0.5, in the grounding variant's results only
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ExperimentSettings:
     data_seed: int = 0
     probe_steps: int = 400  # training steps of each layer probe
     marks_across_patches: bool = False  # the harder variant of the task (see `task`)
+    grounding: bool = False  # referring questions mixed into stage 2, and precision@0.5 (see `task`)
     budget: RecipeBudget = RecipeBudget()
 
 
@@ -48,7 +50,7 @@ def prepare_task_and_base_models(output_dir: Path, settings: ExperimentSettings,
     """`task/`, `base/llm` and `base/clip` in `output_dir`, on `workers` threads; returns the first and last loss of
     each pretraining and the layer probe, for the results."""
     make_task_data(output_dir / "task", settings.num_train, settings.num_test, settings.data_seed,
-                   marks_across_patches=settings.marks_across_patches)
+                   marks_across_patches=settings.marks_across_patches, grounding=settings.grounding)
     torch.set_num_threads(workers)
     _, clip, pretraining_losses = write_base_models(output_dir / "task", output_dir / "base", seed=settings.data_seed)
     layer_probe = probe_layers(clip, output_dir / "task", settings.probe_steps, seed=settings.data_seed)
@@ -62,8 +64,10 @@ def train_and_score(fuser: dict[str, str], seed: int, shared_dir: Path, run_dir:
     start = time.perf_counter()
     checkpoint = train_two_stages(fuser, seed, shared_dir / "base" / "llm", shared_dir / "base" / "clip",
                                   shared_dir / "task", run_dir, budget)
-    return {"checkpoint": checkpoint, "accuracy": evaluate(checkpoint, shared_dir / "task"),
-            "seconds": time.perf_counter() - start}
+    accuracy = evaluate(checkpoint, shared_dir / "task")
+    if (shared_dir / "task" / FILES["grounding_test"]).is_file():
+        accuracy["grounding"] = evaluate_grounding(checkpoint, shared_dir / "task")
+    return {"checkpoint": checkpoint, "accuracy": accuracy, "seconds": time.perf_counter() - start}
 
 
 def one_run(model: str, seed: int, output_dir: Path, settings: ExperimentSettings) -> dict:
@@ -116,17 +120,19 @@ def summarize(runs: list[dict], models: tuple[str, ...]) -> dict[str, dict[str, 
         summary[model] = {
             group: (statistics.mean(s[group] for s in scores),
                     statistics.stdev(s[group] for s in scores) if len(scores) > 1 else 0.0)
-            for group in GROUPS
+            for group in GROUPS + GROUNDING_GROUP if group in scores[0]
         }
     return summary
 
 
 def format_table(summary: dict[str, dict[str, tuple[float, float]]], num_seeds: int) -> str:
-    """A Markdown table: test accuracy in %, mean ± standard deviation over the seeds."""
-    header = f"| model ({num_seeds} seeds) | " + " | ".join(GROUPS) + " |"
-    rows = [header, "|" + "---|" * (len(GROUPS) + 1)]
+    """A Markdown table: test accuracy (and the grounding variant's precision@0.5) in %, mean ± standard deviation
+    over the seeds."""
+    columns = list(next(iter(summary.values())))
+    header = f"| model ({num_seeds} seeds) | " + " | ".join(columns) + " |"
+    rows = [header, "|" + "---|" * (len(columns) + 1)]
     for model, groups in summary.items():
-        cells = [f"{100 * mean:.1f} ± {100 * spread:.1f}" for mean, spread in (groups[g] for g in GROUPS)]
+        cells = [f"{100 * mean:.1f} ± {100 * spread:.1f}" for mean, spread in (groups[g] for g in columns)]
         rows.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

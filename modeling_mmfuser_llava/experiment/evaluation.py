@@ -37,12 +37,13 @@ def score(task_dir: str | Path, answers: dict[str, str]) -> dict[str, float]:
     return {group: sum(results) / len(results) for group, results in correct.items()}
 
 
-def grounding_precision(task_dir: str | Path, answers: dict[str, str], frame: BoxFrame) -> float:
-    """Precision at IoU 0.5 of `answers` (by question id) over `test.json`: each answer's first box, mapped from the
+def grounding_precision(task_dir: str | Path, answers: dict[str, str], frame: BoxFrame,
+                        test_file: str = FILES["test"]) -> float:
+    """Precision at IoU 0.5 of `answers` (by question id) over `test_file`: each answer's first box, mapped from the
     model's `frame` to the picture's, against the sample's `bbox`; an answer without a box misses."""
     task_dir = Path(task_dir)
     hits = []
-    for sample in json.loads((task_dir / FILES["test"]).read_text()):
+    for sample in json.loads((task_dir / test_file).read_text()):
         box = first_box(answers[sample["id"]])
         if box is not None:
             with Image.open(task_dir / IMAGE_DIR / sample["image"]) as image:
@@ -51,14 +52,23 @@ def grounding_precision(task_dir: str | Path, answers: dict[str, str], frame: Bo
     return sum(hits) / len(hits)
 
 
+def evaluate_grounding(model_dir: str | Path, task_dir: str | Path, batch_size: int = 50) -> float:
+    """`grounding_precision` over the grounding variant's `grounding_test.json` of the model's greedy answers, read in
+    the frame the model's own processor implies."""
+    answers = answers_by_id(model_dir, task_dir, batch_size, MAX_BOX_TOKENS, FILES["grounding_test"])
+    frame = BoxFrame.of(AutoProcessor.from_pretrained(model_dir))
+    return grounding_precision(task_dir, answers, frame, FILES["grounding_test"])
+
+
 def answers_by_id(
-    model_dir: str | Path, task_dir: str | Path, batch_size: int = 50, max_new_tokens: int = MAX_ANSWER_TOKENS
+    model_dir: str | Path, task_dir: str | Path, batch_size: int = 50, max_new_tokens: int = MAX_ANSWER_TOKENS,
+    test_file: str = FILES["test"],
 ) -> dict[str, str]:
-    """The model's greedy answer to each question of `test.json`, by sample id."""
+    """The model's greedy answer to each question of `test_file`, by sample id."""
     task_dir = Path(task_dir)
     model = MMFuserLlavaForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    samples = json.loads((task_dir / FILES["test"]).read_text())
+    samples = json.loads((task_dir / test_file).read_text())
     answers = {}
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
@@ -72,4 +82,5 @@ def answers_by_id(
     return answers
 
 
-__all__ = ["MAX_ANSWER_TOKENS", "MAX_BOX_TOKENS", "answers_by_id", "evaluate", "grounding_precision", "score"]
+__all__ = ["MAX_ANSWER_TOKENS", "MAX_BOX_TOKENS", "answers_by_id", "evaluate", "evaluate_grounding",
+           "grounding_precision", "score"]

@@ -24,7 +24,9 @@ def facts_and_pixels(task_dir: Path, split: str) -> tuple[torch.Tensor, dict[str
         for sample in json.loads((task_dir / FILES["stage2"]).read_text()):
             turns = sample["conversations"]
             for question, answer in zip(turns[::2], turns[1::2]):
-                kind = next(k for k, (text, _) in QUESTIONS.items() if question["value"].endswith(text))
+                kind = next((k for k, (text, _) in QUESTIONS.items() if question["value"].endswith(text)), None)
+                if kind is None:  # a referring question of the grounding variant: not a fact the probe names
+                    break
                 answers.setdefault(sample["image"], {})[kind] = answer["value"]
     else:
         for sample in json.loads((task_dir / FILES["test"]).read_text()):

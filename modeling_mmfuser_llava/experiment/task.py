@@ -13,6 +13,11 @@ The harder variant (`marks_across_patches`) puts every mark across the border of
 columns in one and one in the other, so that no single patch token holds a whole pattern: the detail has to be put
 together from neighbouring tokens.
 
+The grounding variant (`grounding`) adds as many pictures again for LLaVA-1.5's referring question, two shapes on a
+non-square picture each asked for its box (see `add_grounding`), with `grounding_test.json` for the precision at IoU
+0.5: the box is read in the model's frame, the picture padded to a square, so the model has to learn where the padding
+puts the picture.
+
 One seed gives the same files. Paths inside the JSON files are relative to `images/`.
 """
 
@@ -24,7 +29,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from ..hub_folder import staged_output
-from ..training.synthetic import turns
+from ..training.synthetic import GROUNDING_QUESTION, grounding_conversation, grounding_scene, image_turns, turns
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8  # the vision tower's
@@ -52,7 +57,8 @@ QUESTIONS = {
 # Question kind -> every answer it can have.
 ANSWERS = {"mark_colour": tuple(MARK_COLOURS), "mark_pattern": tuple(MARK_PATTERNS), "shape": SHAPES,
            "shape_colour": tuple(SHAPE_COLOURS)}
-FILES = {"clip": "clip_captions.json", "stage1": "stage1.json", "stage2": "stage2.json", "test": "test.json"}
+FILES = {"clip": "clip_captions.json", "stage1": "stage1.json", "stage2": "stage2.json", "test": "test.json",
+         "grounding_test": "grounding_test.json"}
 IMAGE_DIR = "images"
 
 
@@ -115,18 +121,41 @@ def draw_scene(scene: Scene, rng: random.Random, marks_across_patches: bool = Fa
     return image
 
 
-def question_sample(sample_id: str, image: str, *rounds: tuple[str, str]) -> dict:
-    conversation = turns(*rounds)
-    conversation[0]["value"] = f"<image>\n{conversation[0]['value']}"
+def question_sample(sample_id: str, image: str, conversation: list[dict[str, str]]) -> dict:
     return {"id": sample_id, "image": image, "conversations": conversation}
+
+
+def add_grounding(staging: Path, data: dict[str, list], num_train: int, num_test: int, seed: int) -> None:
+    """The grounding variant's pictures and texts (`make-synthetic-data --kind grounding`'s scenes, from a stream of
+    their own, so the task's other files are unchanged): each training picture with its alt-text for the tower and a
+    referring question about each of its shapes in stage 2; each test picture with one question per shape."""
+    rng = random.Random(f"grounding-{seed}")
+    for index in range(num_train + num_test):
+        split = "train" if index < num_train else "test"
+        picture, regions = grounding_scene(rng)
+        image = f"grounding-{split}-{index:05d}.png"
+        picture.save(staging / IMAGE_DIR / image)
+        if split == "test":
+            data["grounding_test"] += [
+                {**question_sample(f"{image[:-4]}-{colour}-{shape}", image,
+                                   grounding_conversation(picture.size, (colour, shape, box))), "bbox": list(box)}
+                for colour, shape, box in regions]
+            continue
+        caption = " and ".join(f"a {colour} {shape}" for colour, shape, _ in regions)  # in order, along the long side
+        data["clip"].append({"image": image, "caption": caption})
+        data["stage1"].append({"id": f"{image[:-4]}-caption", "image": image, "conversations": turns(
+            ("<image>", caption))})
+        data["stage2"].append(question_sample(f"{image[:-4]}-boxes", image, grounding_conversation(
+            picture.size, *rng.sample(regions, len(regions)))))
 
 
 def make_task_data(
     output_dir: str | Path, num_train: int = 4000, num_test: int = 300, seed: int = 0, overwrite: bool = False,
-    marks_across_patches: bool = False,
+    marks_across_patches: bool = False, grounding: bool = False,
 ) -> Path:
     """Write the task's images and its four JSON files (`FILES`) into `output_dir`, all or nothing; returns it (the
-    harder variant with `marks_across_patches`).
+    harder variant with `marks_across_patches`; with `grounding`, `num_train` and `num_test` more pictures for
+    referring questions, see `add_grounding`, and `grounding_test.json`).
 
     Train and test pictures are drawn from one seeded stream, so no test picture repeats a training one by accident
     of seeding; test samples carry `kind` (see `QUESTIONS`) and `fine_grained` for the evaluation's breakdown.
@@ -144,24 +173,31 @@ def make_task_data(
             draw_scene(scene, rng, marks_across_patches).save(staging / IMAGE_DIR / image)
             if split == "test":
                 for kind, (question, fine_grained) in QUESTIONS.items():
-                    sample = question_sample(f"{image[:-4]}-{kind}", image, (question, scene.answer(kind)))
+                    sample = question_sample(f"{image[:-4]}-{kind}", image,
+                                             image_turns((question, scene.answer(kind))))
                     data["test"].append({**sample, "kind": kind, "fine_grained": fine_grained})
                 continue
             data["clip"].append({"image": image, "caption": scene.coarse_caption()})
             data["stage1"].append({"id": f"{image[:-4]}-caption", "image": image, "conversations": turns(
                 ("<image>", scene.full_caption()))})
             kinds = rng.sample(list(QUESTIONS), len(QUESTIONS))
-            data["stage2"].append(question_sample(
-                f"{image[:-4]}-questions", image, *[(QUESTIONS[kind][0], scene.answer(kind)) for kind in kinds]))
+            data["stage2"].append(question_sample(f"{image[:-4]}-questions", image, image_turns(
+                *[(QUESTIONS[kind][0], scene.answer(kind)) for kind in kinds])))
+        if grounding:
+            add_grounding(staging, data, num_train, num_test, seed)
         for name, file in FILES.items():
-            (staging / file).write_text(json.dumps(data[name], indent=1) + "\n")
+            if name != "grounding_test" or grounding:
+                (staging / file).write_text(json.dumps(data[name], indent=1) + "\n")
     return Path(output_dir)
 
 
-def task_words() -> list[str]:
-    """Every word the task's texts and the vicuna_v1 prompt use, for a tokenizer trained on them."""
+def task_words(grounding: bool = False) -> list[str]:
+    """Every word the task's texts and the vicuna_v1 prompt use, for a tokenizer trained on them; with `grounding`,
+    the referring questions' words and the characters of boxes too."""
     texts = [question for question, _ in QUESTIONS.values()]
     texts += [*SHAPES, *SHAPE_COLOURS, *MARK_COLOURS, *MARK_PATTERNS, "a and small", "USER: ASSISTANT:"]
+    if grounding:
+        texts += [GROUNDING_QUESTION, "the", "[ ] , . 0 1 2 3 4 5 6 7 8 9"]  # shapes and colours are the task's
     return sorted({word for text in texts for word in text.split()})
 
 
