@@ -63,7 +63,7 @@ GROUNDING_SHAPES = 2  # per picture, one in each half of its long side
 
 
 def grounding_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str, Box]]]:
-    """Two shapes, of different shapes and colours, one in each half of the long side of a picture 1.5 to 2.7 times
+    """Two shapes of different forms and colours, one in each half of the long side of a picture 1.5 to 2.7 times
     as wide as tall (or tall as wide); returns the picture and each shape's colour, shape and box normalised to the
     picture. The shapes fill two thirds of their half or more, large enough to be told apart from the 8x8 patches of
     the toy experiment's tower (which sees the padded square at 32x32 pixels)."""
