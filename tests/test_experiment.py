@@ -289,9 +289,10 @@ def test_the_grounding_variant_s_tokenizer_writes_boxes_with_its_own_pieces(tmp_
     assert [piece for piece in default.tokenize(text) if piece.startswith("<0x")]
 
 
-def test_the_grounding_variant_runs_end_to_end_and_reports_precision(tmp_path):
+def test_the_grounding_variant_runs_end_to_end_and_reports_precision(tmp_path, monkeypatch):
     """`--grounding` on a tiny budget: each run's results hold its precision@0.5 over the grounding test, as the
-    evaluation scores the run's own answers in its processor's frame, and the table gets a grounding column."""
+    evaluation scores the run's own answers in its processor's frame, and the table gets a grounding column. Given
+    the references as answers, `evaluate_grounding` scores 1: it reads the grounding test in the padded square."""
     from dataclasses import replace
 
     from transformers import AutoProcessor
@@ -311,3 +312,10 @@ def test_the_grounding_variant_runs_end_to_end_and_reports_precision(tmp_path):
     assert run["accuracy"]["grounding"] == grounding_precision(task, answers, frame, FILES["grounding_test"])
     assert results["summary"]["mmfuser"]["grounding"] == (run["accuracy"]["grounding"], 0.0)
     assert (tmp_path / "out" / "results.md").read_text().splitlines()[0].endswith(" | grounding |")
+
+    from modeling_mmfuser_llava.experiment import evaluation
+
+    references = {sample["id"]: sample["conversations"][1]["value"] for sample in read(task, "grounding_test")}
+    monkeypatch.setattr(evaluation, "answers_by_id", lambda *args, **kwargs: references)
+    assert evaluation.evaluate_grounding(checkpoint, task) == 1
+    assert grounding_precision(task, references, BoxFrame(padded_square=False), FILES["grounding_test"]) < 1
