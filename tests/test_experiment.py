@@ -298,13 +298,19 @@ def test_the_grounding_variant_s_tokenizer_writes_boxes_with_its_own_pieces(tmp_
 
 def test_the_grounding_variant_runs_end_to_end_and_reports_precision(tmp_path, monkeypatch):
     """`--grounding` on a tiny budget: each run's results hold its precision@0.5 over the grounding test, as the
-    evaluation scores the run's own answers in its processor's frame, and the table gets a grounding column. Given
-    the references as answers, `evaluate_grounding` scores 1: it reads the grounding test in the padded square."""
+    evaluation scores the run's own answers in its processor's frame, and how often they box the other shape; the
+    table gets both columns. Given the references as answers, `evaluate_grounding` scores 1 and 0: it reads the
+    grounding test in the padded square; given each picture's other reference, 0 and 1."""
     from dataclasses import replace
 
     from transformers import AutoProcessor
 
-    from modeling_mmfuser_llava.experiment.evaluation import MAX_BOX_TOKENS, answers_by_id, grounding_precision
+    from modeling_mmfuser_llava.experiment.evaluation import (
+        MAX_BOX_TOKENS,
+        answers_by_id,
+        grounding_precision,
+        other_region_precision,
+    )
     from modeling_mmfuser_llava.grounding import BoxFrame
 
     settings = replace(TINY_SETTINGS, models=("mmfuser",), num_test=2, grounding=True)
@@ -317,12 +323,20 @@ def test_the_grounding_variant_runs_end_to_end_and_reports_precision(tmp_path, m
     frame = BoxFrame.of(AutoProcessor.from_pretrained(checkpoint))
     assert frame.padded_square
     assert run["accuracy"]["grounding"] == grounding_precision(task, answers, frame, FILES["grounding_test"])
+    assert run["accuracy"]["grounding_other"] == other_region_precision(task, answers, frame, FILES["grounding_test"])
     assert results["summary"]["mmfuser"]["grounding"] == (run["accuracy"]["grounding"], 0.0)
-    assert (tmp_path / "out" / "results.md").read_text().splitlines()[0].endswith(" | grounding |")
+    assert (tmp_path / "out" / "results.md").read_text().splitlines()[0].endswith(" | grounding | grounding_other |")
 
     from modeling_mmfuser_llava.experiment import evaluation
 
     references = {sample["id"]: sample["conversations"][1]["value"] for sample in read(task, "grounding_test")}
     monkeypatch.setattr(evaluation, "answers_by_id", lambda *args, **kwargs: references)
-    assert evaluation.evaluate_grounding(checkpoint, task) == 1
+    assert evaluation.evaluate_grounding(checkpoint, task) == {"grounding": 1, "grounding_other": 0}
     assert grounding_precision(task, references, BoxFrame(padded_square=False), FILES["grounding_test"]) < 1
+    # each question answered with the box of the picture's other shape (the test holds them in pairs)
+    ids = list(references)
+    swapped = {ids[index]: references[ids[index ^ 1]] for index in range(len(ids))}
+    samples = read(task, "grounding_test")
+    assert all(samples[index]["image"] == samples[index ^ 1]["image"] for index in range(len(samples)))
+    monkeypatch.setattr(evaluation, "answers_by_id", lambda *args, **kwargs: swapped)
+    assert evaluation.evaluate_grounding(checkpoint, task) == {"grounding": 0, "grounding_other": 1}
