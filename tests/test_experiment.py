@@ -322,6 +322,10 @@ def test_the_grounding_variant_runs_end_to_end_and_reports_precision(tmp_path, m
     assert len(answers) == 2 * GROUNDING_SHAPES
     frame = BoxFrame.of(AutoProcessor.from_pretrained(checkpoint))
     assert frame.padded_square
+    # the base LLM was saved by a Trainer (use_cache off): the trained model still generates with the cache
+    assert json.loads((tmp_path / "out" / "base" / "llm" / "config.json").read_text())["use_cache"] is False
+    assert json.loads((checkpoint / "config.json").read_text())["text_config"]["use_cache"] is True
+    assert json.loads((checkpoint / "generation_config.json").read_text())["use_cache"] is True
     assert run["accuracy"]["grounding"] == grounding_precision(task, answers, frame, FILES["grounding_test"])
     assert run["accuracy"]["grounding_other"] == other_region_precision(task, answers, frame, FILES["grounding_test"])
     assert results["summary"]["mmfuser"]["grounding"] == (run["accuracy"]["grounding"], 0.0)

@@ -95,7 +95,10 @@ def run_training(
     )
     trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
     trainer.save_state()
-    model.config.use_cache = True  # the Trainer turned it off for training; the saved model generates with it
+    # The Trainer turns the cache off for training, and a base LLM saved by a Trainer carries that into the text
+    # config and the generation config: the saved model generates with it.
+    for config in (model.config, model.config.get_text_config(), model.generation_config):
+        config.use_cache = True
     trainer.save_model()
     if training_args.lora_enable and training_args.should_save:
         write_base_model_record(training_args.output_dir, model_args)
