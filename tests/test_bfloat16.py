@@ -49,9 +49,10 @@ def test_bfloat16_model_gives_the_float32_answers(float32_and_bfloat16, processo
     assert differing == 0, f"{differing} of {len(full)} bf16 answers differ from float32's"
 
 
-# Measured over the 16 questions' prompts and 4 greedy tokens: largest 0.10, mean 0.025 (log-probabilities; the
-# sampling core's float32 casts change neither, the fuser test above catches their loss).
-SCORE_LARGEST_BOUND, SCORE_MEAN_BOUND = 0.2, 0.05
+# Measured over the 16 questions' prompts and 4 greedy tokens, every token of the vocabulary: largest 0.26 (0.05 on
+# the greedy tokens), mean 0.023 (log-probabilities; the sampling core's float32 casts change neither, the fuser test
+# above catches their loss).
+SCORE_LARGEST_BOUND, SCORE_MEAN_BOUND = 0.4, 0.05
 
 
 def scores_along(model, inputs, continuation) -> torch.Tensor:
@@ -74,7 +75,7 @@ def test_bfloat16_scores_stay_near_float32s(float32_and_bfloat16, processor):
     reference, ours = scores_along(full, inputs, continuation), scores_along(half, inputs, continuation)
     difference = (ours - reference).abs()
     assert difference.max() < SCORE_LARGEST_BOUND and difference.mean() < SCORE_MEAN_BOUND
-    # The bound is far below what reading another picture changes (largest 10.9): a model that lost the image fails.
+    # The bound is far below what reading another picture changes (largest 10.5): a model that lost the image fails.
     other_pictures = {**inputs, "pixel_values": inputs["pixel_values"].roll(4, 0)}  # each question, another picture
     misread = (scores_along(full, other_pictures, continuation) - reference).abs()
     assert misread.max() > 3 * SCORE_LARGEST_BOUND

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_mmfuser_llava.experiment.evaluation import grounding_precision
+from modeling_mmfuser_llava.demo import TRAINED_TINY_MODEL
+from modeling_mmfuser_llava.experiment.evaluation import MAX_BOX_TOKENS, answers_by_id, grounding_precision
 from modeling_mmfuser_llava.grounding import (
     BoxFrame,
     draw_boxes,
@@ -165,6 +166,19 @@ def test_the_toy_grounding_precision_maps_the_model_s_frame_back():
     assert grounding_precision(task_dir, references, project_frame()) == 1
     assert grounding_precision(task_dir, references, BoxFrame(padded_square=False)) < 0.5
     assert grounding_precision(task_dir, dict.fromkeys(references, "red"), project_frame()) == 0
+
+
+def test_the_bundled_model_grounds_in_its_own_frame():
+    """The bundled tiny model, trained with the experiment's grounding variant, boxes the `mmfuser_grounding`
+    questions in the padded square: its answers mapped back score well above the same answers read on the picture
+    itself, so an evaluation that skips the frame conversion under-scores it."""
+    task_dir = TASKS_DIR / "mmfuser_grounding"
+    answers = answers_by_id(TRAINED_TINY_MODEL, task_dir, max_new_tokens=MAX_BOX_TOKENS)
+
+    converted = grounding_precision(task_dir, answers, project_frame())
+    unconverted = grounding_precision(task_dir, answers, BoxFrame(padded_square=False))
+    assert all(first_box(answer) is not None for answer in answers.values())
+    assert converted >= unconverted + 0.2, (converted, unconverted)
 
 
 def test_box_overlap():

@@ -139,10 +139,12 @@ def test_the_refcoco_tasks_ask_and_score_in_the_model_s_frame(lmms_eval_python, 
 
 
 def test_lmms_eval_scores_the_toy_grounding_as_the_project_evaluation(lmms_eval_python, model_dir, tmp_path):
-    """`mmfuser_grounding` through lmms-eval gives the project evaluation's answers, one by one, and its precision."""
+    """`mmfuser_grounding` through lmms-eval gives the project evaluation's answers, one by one, and its precision,
+    which the same answers read without the frame conversion would not reach: a plugin that skipped it fails here."""
     task_dir = TASKS_DIR / GROUNDING_TASK
     answers = answers_by_id(TRAINED_TINY_MODEL, task_dir, max_new_tokens=MAX_BOX_TOKENS)
     precision = grounding_precision(task_dir, answers, BoxFrame.of(AutoProcessor.from_pretrained(TRAINED_TINY_MODEL)))
+    assert precision >= grounding_precision(task_dir, answers, BoxFrame(padded_square=False)) + 0.2
 
     results, lmms_eval_answers = run_lmms_eval(lmms_eval_python, model_dir, tmp_path / "grounding", batch_size=8,
                                                task=GROUNDING_TASK)
